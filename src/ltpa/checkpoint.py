@@ -1,0 +1,177 @@
+"""Checkpoints: weights in safetensors plus a JSON sidecar, written atomically; ``load_model`` rebuilds.
+
+A checkpoint ``<stem>`` is two files: ``<stem>.safetensors`` (the model's state dict, preprocessing state
+included) and ``<stem>.json`` (model name and keyword arguments, epoch, metrics, config, ltpa version).
+Loading never unpickles anything. A run folder holds ``last`` and ``best`` checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from ltpa.errors import LTPAError
+from ltpa.models import LTPAModel, create_model
+
+__all__ = [
+    "atomic_write",
+    "checkpoint_paths",
+    "load_model",
+    "read_sidecar",
+    "resolve_checkpoint",
+    "save_checkpoint",
+]
+
+FORMAT_VERSION = 1
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[str], object]) -> None:
+    """Calls ``write(tmp_path)`` then renames the temporary file over ``path``: a crash midway never leaves
+    a broken ``path`` (the previous version stays)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(tmp)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def checkpoint_paths(stem: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """``(<stem>.safetensors, <stem>.json)``."""
+    stem = Path(stem)
+    return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
+
+
+def save_checkpoint(
+    stem: str | os.PathLike[str],
+    model: torch.nn.Module,
+    *,
+    epoch: int | None = None,
+    metrics: dict[str, Any] | None = None,
+    config: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> tuple[Path, Path]:
+    """Writes the model's weights and sidecar under ``stem``; the weights first, then the sidecar, each
+    atomically, so a sidecar always describes complete weights.
+
+    Returns:
+        The two paths written.
+    """
+    model = getattr(model, "module", model)  # unwrap DDP
+    name = getattr(model, "model_name", None)
+    if name is None:
+        raise LTPAError("only models made by ltpa.create_model can be checkpointed (they carry their name)")
+    weights, sidecar = checkpoint_paths(stem)
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    atomic_write(weights, lambda tmp: save_file(state, tmp, metadata={"format": "ltpa", "model": name}))
+    from ltpa import __version__
+
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "ltpa_version": __version__,
+        "model_name": name,
+        "model_kwargs": _jsonable(getattr(model, "model_kwargs", {})),
+        "num_classes": getattr(model, "num_classes", None),
+        "img_size": getattr(model, "img_size", None),
+        "epoch": epoch,
+        "metrics": _jsonable(metrics or {}),
+        "config": _jsonable(config or {}),
+        **_jsonable(extra or {}),
+    }
+    atomic_write(sidecar, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
+    return weights, sidecar
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, torch.Tensor):
+        return value.tolist()
+    return value
+
+
+def resolve_checkpoint(path: str | os.PathLike[str], which: str = "last") -> Path:
+    """The checkpoint stem for a run folder (its ``which`` checkpoint), a ``.safetensors``/``.json`` file,
+    or a stem.
+
+    Raises:
+        LTPAError: when nothing loadable is there.
+    """
+    path = Path(path)
+    if path.is_dir():
+        stem = path / which
+    elif path.suffix in (".safetensors", ".json"):
+        stem = path.with_suffix("")
+    else:
+        stem = path
+    weights, sidecar = checkpoint_paths(stem)
+    if not weights.is_file() or not sidecar.is_file():
+        raise LTPAError(
+            f"no checkpoint at {path}: expected a run folder with {which}.safetensors and {which}.json, "
+            "or the path of a .safetensors checkpoint with its .json beside it (made by `ltpa train`)"
+        )
+    return stem
+
+
+def read_sidecar(path: str | os.PathLike[str], which: str = "last") -> dict[str, Any]:
+    """The JSON sidecar of a checkpoint (see :func:`resolve_checkpoint` for ``path``)."""
+    _, sidecar = checkpoint_paths(resolve_checkpoint(path, which))
+    try:
+        meta = json.loads(sidecar.read_text())
+    except json.JSONDecodeError as err:
+        raise LTPAError(f"corrupt checkpoint sidecar {sidecar}: {err}; retrain or restore it") from err
+    if not isinstance(meta, dict) or "model_name" not in meta:
+        raise LTPAError(f"{sidecar} is not an ltpa checkpoint sidecar (no model_name)")
+    return meta
+
+
+def load_model(
+    path: str | os.PathLike[str], *, which: str = "last", device: str | torch.device = "cpu"
+) -> LTPAModel:
+    """Rebuilds a trained model in eval mode from a run folder or a checkpoint file, without unpickling.
+
+    Args:
+        path: a run folder (its ``which`` checkpoint is used), a ``.safetensors`` or ``.json`` file, or a stem.
+        which: ``"last"`` or ``"best"`` for run folders.
+        device: where to put the model.
+
+    Returns:
+        The model, with ``model.checkpoint`` holding the sidecar and ``model.run_name`` the run folder's name.
+    """
+    stem = resolve_checkpoint(path, which)
+    meta = read_sidecar(stem)
+    weights, _ = checkpoint_paths(stem)
+    model = create_model(meta["model_name"], **meta.get("model_kwargs", {}))
+    try:
+        state = load_file(str(weights), device="cpu")
+    except Exception as err:  # safetensors raises its own error types for truncated or foreign files
+        raise LTPAError(
+            f"cannot read weights {weights}: {err}; the file is truncated or not safetensors"
+        ) from err
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise LTPAError(
+            f"weights {weights} do not fit model {meta['model_name']}: "
+            f"missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]}"
+        )
+    model.checkpoint = meta
+    model.run_name = Path(path).name if Path(path).is_dir() else stem.parent.name
+    return model.to(device).eval()

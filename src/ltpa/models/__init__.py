@@ -1,0 +1,74 @@
+"""The model zoo of "Learn To Pay Attention" (PAPER section 7) behind one registry.
+
+Names: ``vgg``, ``vgg_gap``, ``vgg_pan``, ``vgg_att{1,2,3}_{concat,indep}_{pc,dp,add}``, ``resnet164``,
+``resnet164_att2_{concat,indep}_{pc,dp,add}``. ``add`` is the additive compatibility (not in the paper).
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+from ltpa.models._base import AttentionOutput, LTPAModel
+from ltpa.models._registry import create_model, list_models, register_model
+from ltpa.models.resnet import PreActResNet
+from ltpa.models.vgg import LEVELS, VGG, VGGGAP, VGGPAN, AttnVGG
+
+__all__ = [
+    "VGG",
+    "VGGGAP",
+    "VGGPAN",
+    "AttentionOutput",
+    "AttnVGG",
+    "LTPAModel",
+    "PreActResNet",
+    "create_model",
+    "list_models",
+    "model_info",
+    "register_model",
+]
+
+
+def _fixed(cls: type[LTPAModel], **fixed: Any) -> Any:
+    @functools.wraps(cls)
+    def build(**kwargs: Any) -> LTPAModel:
+        clash = set(fixed) & set(kwargs)
+        if clash:
+            raise ValueError(
+                f"{', '.join(sorted(clash))} is fixed by the model name; pick another model name"
+            )
+        return cls(**fixed, **kwargs)
+
+    return build
+
+
+register_model("vgg", _fixed(VGG))
+register_model("vgg_gap", _fixed(VGGGAP))
+register_model("vgg_pan", _fixed(VGGPAN))
+register_model("resnet164", _fixed(PreActResNet, depth=164))
+for _combine in ("concat", "indep"):
+    for _compat in ("pc", "dp", "add"):
+        for _n, _levels in LEVELS.items():
+            register_model(
+                f"vgg_att{_n}_{_combine}_{_compat}",
+                _fixed(AttnVGG, attention_levels=_levels, combine=_combine, compatibility=_compat),
+            )
+        register_model(
+            f"resnet164_att2_{_combine}_{_compat}",
+            _fixed(PreActResNet, depth=164, attention_levels=(2, 3), combine=_combine, compatibility=_compat),
+        )
+
+
+def model_info(name: str, **kwargs: Any) -> dict[str, Any]:
+    """Parameter count and attended levels of a model, built on the meta device (no memory, no init cost)."""
+    import torch
+
+    with torch.device("meta"):
+        model = create_model(name, **kwargs)
+    return {
+        "name": name,
+        "params": sum(p.numel() for p in model.parameters()),
+        "levels": [dict(level) for level in model.attn_info],
+        "num_classes": model.num_classes,
+        "img_size": model.img_size,
+    }

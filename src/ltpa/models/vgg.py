@@ -1,0 +1,442 @@
+"""The VGG family of "Learn To Pay Attention": the cifar.torch baseline, VGG-GAP, PAN and VGG-att{1,2,3}.
+
+Paper: https://arxiv.org/abs/1804.02391 (PAPER 2.1-2.3, 2.5). Layouts, dropouts and parameter counts follow
+the official Torch code; channel counts scale with ``width`` so narrow versions keep the same architecture.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ltpa.attention import LinearAttention, create_attention
+from ltpa.errors import LTPAError
+from ltpa.models._base import AttentionOutput, LTPAModel, conv_bn_relu, init_official, scaled
+
+__all__ = ["LEVELS", "VGG", "VGGGAP", "VGGPAN", "AttnVGG"]
+
+# Attended layers of VGG-att1/2/3 (PAPER 2.2): the last 1, 2 or 3 of conv7, conv10 and conv13.
+LEVELS: dict[int, tuple[int, ...]] = {1: (13,), 2: (10, 13), 3: (7, 10, 13)}
+# Output channels and dropout after each of conv1..conv13 in the attention trunk (PAPER 2.2).
+_TRUNK = [(64, 0.3), (64, 0.0), (128, 0.4), (128, 0.0), (256, 0.4), (256, 0.4), (256, 0.0)]
+_TRUNK += [(512, 0.4), (512, 0.4), (512, 0.0), (512, 0.4), (512, 0.4), (512, 0.0)]
+
+
+def _default_first_pool(img_size: int) -> int:
+    # CUB's 80x80 input: a 5x5 pool after conv7 brings 80 to the 16x16 of the CIFAR layout (PAPER 2.3).
+    return 5 if img_size == 80 else 2
+
+
+def _block(first: int, last: int, in_ch: int, width: float, drop_scale: float) -> tuple[nn.Sequential, int]:
+    layers = []
+    for idx in range(first, last + 1):
+        channels, drop = _TRUNK[idx - 1]
+        out_ch = scaled(channels, width)
+        layers.append(conv_bn_relu(in_ch, out_ch, drop * drop_scale))
+        in_ch = out_ch
+    return nn.Sequential(*layers), in_ch
+
+
+class _GlobalPath(nn.Module):
+    """conv14 and conv15 with pools, then Dropout and FC-1: the global feature g (PAPER 2.2).
+
+    The first pools are the paper's 2x2 (ceil) pools; the last is adaptive so that any input size ends at
+    1x1 (at 32x32 input it is exactly the paper's 2x2 pool).
+    """
+
+    def __init__(self, in_ch: int, width: float, drop_scale: float, first_pool: int = 2) -> None:
+        super().__init__()
+        ch = scaled(512, width)
+        self.features = nn.Sequential(
+            nn.MaxPool2d(first_pool, first_pool, ceil_mode=True),
+            conv_bn_relu(in_ch, ch, 0.4 * drop_scale),
+            nn.MaxPool2d(2, 2, ceil_mode=True),
+            conv_bn_relu(ch, ch, 0.4 * drop_scale),
+            nn.AdaptiveMaxPool2d(1),
+            nn.Flatten(1),
+            nn.Dropout(0.5 * drop_scale),
+        )
+        self.fc = nn.Linear(ch, ch)  # FC-1; no BN/ReLU after it in the official code
+        self.out_channels = ch
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.features(x))  # (B, D)
+
+
+class _LevelHead(nn.Module):
+    """Per-level BN1d -> ReLU -> Dropout before the classifier (official code, PAPER 1.6)."""
+
+    def __init__(self, channels: int, drop_rate: float) -> None:
+        super().__init__()
+        self.norm = nn.BatchNorm1d(channels)
+        self.drop = nn.Dropout(drop_rate)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop(F.relu(self.norm(x)))
+
+
+class AttentionHead(nn.Module):
+    """Combines the per-level descriptors into logits: ``concat`` or ``indep`` (PAPER 1.6).
+
+    ``indep`` gives each level its own linear classifier. ``indep_mode="mean"`` (default, the paper) returns
+    the log of the mean of the per-level class probabilities; ``"product"`` (official code) returns the sum
+    of the per-level log-probabilities, a product of experts. Either way the result is a valid logit vector
+    for cross-entropy.
+    """
+
+    def __init__(
+        self,
+        channels: list[int],
+        num_classes: int,
+        *,
+        combine: str = "concat",
+        indep_mode: str = "mean",
+        drop_rate: float = 0.5,
+    ) -> None:
+        super().__init__()
+        if combine not in ("concat", "indep"):
+            raise ValueError(f"unknown combine {combine!r}; choose one of concat, indep")
+        if indep_mode not in ("mean", "product"):
+            raise ValueError(f"unknown indep_mode {indep_mode!r}; choose one of mean, product")
+        self.combine = combine
+        self.indep_mode = indep_mode
+        self.levels = nn.ModuleList([_LevelHead(c, drop_rate) for c in channels])
+        self.fc: nn.Module
+        if combine == "concat":
+            self.fc = nn.Linear(sum(channels), num_classes)
+        else:
+            self.fc = nn.ModuleList([nn.Linear(c, num_classes) for c in channels])
+        self.channels = list(channels)
+
+    def features(self, descriptors: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat([head(d) for head, d in zip(self.levels, descriptors)], dim=1)  # (B, sum C_s)
+
+    def logits(self, feats: torch.Tensor) -> torch.Tensor:
+        if self.combine == "concat":
+            return self.fc(feats)
+        assert isinstance(self.fc, nn.ModuleList)
+        parts = torch.split(feats, self.channels, dim=1)
+        log_probs = torch.stack([F.log_softmax(fc(p), dim=1) for fc, p in zip(self.fc, parts)])  # (S, B, K)
+        if self.indep_mode == "product":
+            return log_probs.sum(0)
+        return torch.logsumexp(log_probs, dim=0) - torch.log(torch.tensor(float(len(self.channels))))
+
+    def reset(self, num_classes: int) -> None:
+        if self.combine == "concat":
+            self.fc = nn.Linear(sum(self.channels), num_classes)
+        else:
+            self.fc = nn.ModuleList([nn.Linear(c, num_classes) for c in self.channels])
+        init_official(self.fc)
+
+
+class AttnVGG(LTPAModel):
+    """VGG-att{1,2,3} (PAPER 2.2): the cifar.torch VGG with the first two max-pools removed, attention at
+    conv7/conv10/conv13 steered by the global feature g = FC-1, and a classifier on the pooled descriptors.
+
+    Args:
+        num_classes: K.
+        img_size: input side (32 for CIFAR/SVHN, 80 for CUB; other sizes work with adaptive pooling).
+        attention_levels: which of conv7, conv10, conv13 are attended (1, 2 or 3 levels).
+        compatibility: ``"pc"``, ``"dp"`` or ``"add"`` (see :class:`ltpa.attention.LinearAttention`).
+        normalization: ``"softmax"`` (paper) or ``"sigmoid"``.
+        combine: ``"concat"`` or ``"indep"``.
+        indep_mode: ``"mean"`` of probabilities (paper) or ``"product"`` of experts (official code).
+        match: ``"global"`` projects g down to conv7's width (official, 1280-d att3 head) or ``"local"``
+            projects conv7 up (1536-d).
+        width: channel multiplier.
+        drop_scale: multiplies every dropout probability (0 turns dropout off).
+        first_pool: the pool after conv7 (default 2, or 5 for 80x80 input as in the CUB models).
+        grad_averaging: the official code's gradient averaging at branch points (PAPER 3.3).
+        preprocess: input normalisation preset (``ltpa.preprocess``).
+
+    Shape:
+        - input: (B, 3, img_size, img_size) in [0, 1]; output: (B, num_classes).
+    """
+
+    def __init__(
+        self,
+        *,
+        num_classes: int = 10,
+        img_size: int = 32,
+        attention_levels: tuple[int, ...] = (10, 13),
+        compatibility: str = "pc",
+        normalization: str = "softmax",
+        combine: str = "concat",
+        indep_mode: str = "mean",
+        match: str = "global",
+        width: float = 1.0,
+        drop_scale: float = 1.0,
+        first_pool: int | None = None,
+        grad_averaging: bool = False,
+        preprocess: str = "none",
+    ) -> None:
+        super().__init__(num_classes=num_classes, img_size=img_size, preprocess=preprocess)
+        levels = tuple(sorted(attention_levels))
+        if not levels or any(lv not in (7, 10, 13) for lv in levels):
+            raise ValueError(f"attention_levels must be a subset of (7, 10, 13), got {attention_levels}")
+        self.levels = levels
+        self.grad_averaging = grad_averaging
+        first_pool = first_pool or _default_first_pool(img_size)
+
+        self.block7, c7 = _block(1, 7, 3, width, drop_scale)
+        # At 80x80 att3 needs conv7 at 32x32 (PAPER 2.3): resample, then the usual 2x2 pool.
+        resample = first_pool != 2 and 7 in levels
+        side7 = img_size
+        if resample:
+            side7 = 2 * -(-img_size // first_pool)
+            self.resample7: nn.Module = nn.AdaptiveAvgPool2d(side7)
+            self.pool7 = nn.MaxPool2d(2, 2, ceil_mode=True)
+        else:
+            self.resample7 = nn.Identity()
+            self.pool7 = nn.MaxPool2d(first_pool, first_pool, ceil_mode=True)
+        self.block10, c10 = _block(8, 10, c7, width, drop_scale)
+        self.pool10 = nn.MaxPool2d(2, 2, ceil_mode=True)
+        self.block13, c13 = _block(11, 13, c10, width, drop_scale)
+        self.global_path = _GlobalPath(c13, width, drop_scale)
+        dim_g = self.global_path.out_channels
+
+        channels = {7: c7, 10: c10, 13: c13}
+        stride7 = img_size / side7
+        stride10 = stride7 * (2 if resample else first_pool)
+        strides = {
+            lv: int(s) if float(s).is_integer() else s
+            for lv, s in ((7, stride7), (10, stride10), (13, stride10 * 2))
+        }
+        self.attention = nn.ModuleList(
+            [
+                create_attention(
+                    channels[lv], dim_g, compatibility, normalization, match=match, drop_rate=0.5 * drop_scale
+                )
+                for lv in levels
+            ]
+        )
+        desc = [int(m.out_channels) for m in self.attention]  # type: ignore[arg-type]
+        self.head = AttentionHead(
+            desc, num_classes, combine=combine, indep_mode=indep_mode, drop_rate=0.5 * drop_scale
+        )
+        self.attn_info = [
+            {"name": f"conv{lv}", "channels": channels[lv], "stride": strides[lv], "descriptor": d}
+            for lv, d in zip(levels, desc)
+        ]
+        init_official(self)
+
+    def _forward(self, x: torch.Tensor) -> tuple[AttentionOutput, torch.Tensor]:
+        taps: dict[int, torch.Tensor] = {}
+        x = self.resample7(self.block7(x))  # (B, C7, S, S)
+        taps[7] = x
+        x = self.pool7(self._branch(x, 2) if 7 in self.levels else x)
+        x = self.block10(x)  # (B, C10, S/2, S/2)
+        taps[10] = x
+        x = self.pool10(self._branch(x, 2) if 10 in self.levels else x)
+        x = self.block13(x)  # (B, C13, S/4, S/4)
+        taps[13] = x
+        g = self.global_path(self._branch(x, 2) if 13 in self.levels else x)  # (B, D)
+        maps, descriptors = [], []
+        for lv, attn in zip(self.levels, self.attention):
+            l = self._branch(taps[lv], 2)
+            g_a, a = attn(l, self._branch(g, len(self.levels)))
+            descriptors.append(g_a)
+            maps.append(a)
+        feats = self.head.features(descriptors)
+        return AttentionOutput(self.head.logits(feats), maps, descriptors), feats
+
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.head.reset(num_classes)
+        self.num_classes = num_classes
+
+
+class VGG(LTPAModel):
+    """The baseline: cifar.torch VGG-BN-Drop (PAPER 2.1; 80x80 layout of 2.3 for CUB).
+
+    Pools follow conv2, conv4, conv7, conv10 and conv13. When the map after conv10's pool is larger than 2x2
+    (80x80 input), a pool is inserted before conv13, as in the CUB model; the final pool is adaptive.
+    No attention: ``forward_attention`` returns empty ``maps`` and ``descriptors``.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_classes: int = 10,
+        img_size: int = 32,
+        width: float = 1.0,
+        drop_scale: float = 1.0,
+        preprocess: str = "none",
+    ) -> None:
+        super().__init__(num_classes=num_classes, img_size=img_size, preprocess=preprocess)
+        pool = nn.MaxPool2d(2, 2, ceil_mode=True)
+        b2, c = _block(1, 2, 3, width, drop_scale)
+        b4, c = _block(3, 4, c, width, drop_scale)
+        b7, c = _block(5, 7, c, width, drop_scale)
+        b10, c = _block(8, 10, c, width, drop_scale)
+        b12, c = _block(11, 12, c, width, drop_scale)
+        b13, c = _block(13, 13, c, width, drop_scale)
+        side = img_size
+        for _ in range(4):
+            side = -(-side // 2)
+        extra_pool: list[nn.Module] = [nn.MaxPool2d(2, 2, ceil_mode=True)] if side > 2 else []
+        self.features = nn.Sequential(
+            b2,
+            pool,
+            b4,
+            pool,
+            b7,
+            pool,
+            b10,
+            pool,
+            b12,
+            *extra_pool,
+            b13,
+            nn.AdaptiveMaxPool2d(1),
+            nn.Flatten(1),
+        )
+        ch = scaled(512, width)
+        self.pre_logits = nn.Sequential(
+            nn.Dropout(0.5 * drop_scale), nn.Linear(c, ch), nn.BatchNorm1d(ch), nn.ReLU(inplace=True)
+        )
+        self.drop = nn.Dropout(0.5 * drop_scale)
+        self.fc = nn.Linear(ch, num_classes)
+        init_official(self)
+
+    def _forward(self, x: torch.Tensor) -> tuple[AttentionOutput, torch.Tensor]:
+        feats = self.pre_logits(self.features(x))  # (B, 512): the BN-ReLU output after FC-1 (PAPER 4.2)
+        return AttentionOutput(self.fc(self.drop(feats)), [], []), feats
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.fc = nn.Linear(self.fc.in_features, num_classes)
+        init_official(self.fc)
+        self.num_classes = num_classes
+
+
+class VGGGAP(LTPAModel):
+    """VGG-GAP (Zhou et al. 2016, PAPER 2.5): conv1-13 of the attention trunk, global average pooling and a
+    linear classifier. Its class activation map ``M_k = sum_c w_kc F_c`` over conv13 is its attention map.
+
+    ``forward_attention`` returns the CAM of the predicted class (unnormalised) and the pooled vector;
+    :meth:`cam` gives the CAM of any class.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_classes: int = 10,
+        img_size: int = 32,
+        width: float = 1.0,
+        drop_scale: float = 1.0,
+        first_pool: int | None = None,
+        preprocess: str = "none",
+    ) -> None:
+        super().__init__(num_classes=num_classes, img_size=img_size, preprocess=preprocess)
+        first_pool = first_pool or _default_first_pool(img_size)
+        b7, c = _block(1, 7, 3, width, drop_scale)
+        b10, c = _block(8, 10, c, width, drop_scale)
+        b13, c = _block(11, 13, c, width, drop_scale)
+        self.features = nn.Sequential(
+            b7,
+            nn.MaxPool2d(first_pool, first_pool, ceil_mode=True),
+            b10,
+            nn.MaxPool2d(2, 2, ceil_mode=True),
+            b13,
+        )
+        self.fc = nn.Linear(c, num_classes)
+        self.attn_info = [{"name": "conv13", "channels": c, "stride": first_pool * 2, "descriptor": c}]
+        init_official(self)
+
+    def _cam(self, fmap: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
+        w = self.fc.weight[classes]  # (B, C)
+        return torch.einsum("bc,bchw->bhw", w, fmap)  # (B, H, W)
+
+    def cam(self, x: torch.Tensor, classes: torch.Tensor | None = None) -> torch.Tensor:
+        """Class activation maps (B, H, W) of ``classes`` (default: the predicted class) for [0, 1] images."""
+        self._check_input(x)
+        fmap = self.features(self.preprocess(x))
+        if classes is None:
+            classes = self.fc(fmap.mean(dim=(2, 3))).argmax(1)
+        return self._cam(fmap, classes.to(x.device))
+
+    def _forward(self, x: torch.Tensor) -> tuple[AttentionOutput, torch.Tensor]:
+        fmap = self.features(x)  # (B, C, h, w)
+        pooled = fmap.mean(dim=(2, 3))  # (B, C)
+        logits = self.fc(pooled)
+        return AttentionOutput(logits, [self._cam(fmap, logits.argmax(1))], [pooled]), pooled
+
+    def get_classifier(self) -> nn.Module:
+        return self.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.fc = nn.Linear(self.fc.in_features, num_classes)
+        init_official(self.fc)
+        self.num_classes = num_classes
+
+
+class VGGPAN(LTPAModel):
+    """PAN, the progressive attention baseline (Seo et al. 2016) as the authors built it (PAPER 2.5).
+
+    Level 1 gates the whole conv10 map with a sigmoid of a pc score against ``g1`` (computed from conv10);
+    conv11-13 run on the gated map; level 2 is a pc softmax over conv13 against ``g2`` (computed from conv13),
+    and only its descriptor feeds the classifier. ``maps`` are the level-1 gate and the level-2 softmax;
+    ``descriptors`` the spatial mean of the gated conv10 map and the level-2 pooled vector.
+    """
+
+    def __init__(
+        self,
+        *,
+        num_classes: int = 10,
+        img_size: int = 32,
+        width: float = 1.0,
+        drop_scale: float = 1.0,
+        first_pool: int | None = None,
+        grad_averaging: bool = False,
+        preprocess: str = "none",
+    ) -> None:
+        super().__init__(num_classes=num_classes, img_size=img_size, preprocess=preprocess)
+        self.grad_averaging = grad_averaging
+        first_pool = first_pool or _default_first_pool(img_size)
+        b7, c = _block(1, 7, 3, width, drop_scale)
+        b10, c10 = _block(8, 10, c, width, drop_scale)
+        self.trunk10 = nn.Sequential(b7, nn.MaxPool2d(first_pool, first_pool, ceil_mode=True), b10)
+        self.global1 = _GlobalPath(c10, width, drop_scale, first_pool=4)
+        self.attn1 = LinearAttention(c10, self.global1.out_channels, normalization="sigmoid")
+        b13, c13 = _block(11, 13, c10, width, drop_scale)
+        self.trunk13 = nn.Sequential(nn.MaxPool2d(2, 2, ceil_mode=True), b13)
+        self.global2 = _GlobalPath(c13, width, drop_scale)
+        self.attn2 = LinearAttention(c13, self.global2.out_channels, normalization="softmax")
+        self.head = AttentionHead([c13], num_classes, drop_rate=0.5 * drop_scale)
+        self.attn_info = [
+            {"name": "conv10", "channels": c10, "stride": first_pool, "descriptor": c10},
+            {"name": "conv13", "channels": c13, "stride": first_pool * 2, "descriptor": c13},
+        ]
+        init_official(self)
+
+    def _forward(self, x: torch.Tensor) -> tuple[AttentionOutput, torch.Tensor]:
+        l10 = self.trunk10(x)  # (B, C, S/2, S/2)
+        g1 = self.global1(self._branch(l10, 2))
+        l10 = self._branch(l10, 2)
+        gate = torch.sigmoid(self.attn1.compatibility_scores(l10, g1))  # (B, h, w)
+        gated = l10 * gate[:, None]
+        l13 = self.trunk13(gated)  # (B, C, S/4, S/4)
+        g2 = self.global2(self._branch(l13, 2))
+        g_a, a = self.attn2(self._branch(l13, 2), g2)
+        feats = self.head.features([g_a])
+        logits = self.head.logits(feats)
+        return AttentionOutput(logits, [gate, a], [gated.mean(dim=(2, 3)), g_a]), feats
+
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        self.head.reset(num_classes)
+        self.num_classes = num_classes
+
+
+def check_levels(n: int) -> tuple[int, ...]:
+    """Attended layers of VGG-att``n``."""
+    if n not in LEVELS:
+        raise LTPAError(f"VGG-att{n} does not exist; choose 1, 2 or 3 attended levels")
+    return LEVELS[n]
