@@ -39,6 +39,15 @@ NORMALIZATIONS: tuple[str, ...] = ("softmax", "sigmoid")
 MATCHES: tuple[str, ...] = ("global", "local")
 
 
+def _pointwise(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """A 1x1 convolution as a channel contraction: the same maths as ``conv(x)``, but on CPUs the generic
+    convolution kernels are many times slower for the 1-channel score maps used here."""
+    out = torch.einsum("bchw,oc->bohw", x, conv.weight[:, :, 0, 0])  # (B, O, H, W)
+    if conv.bias is not None:
+        out = out + conv.bias[None, :, None, None]
+    return out
+
+
 def _check_choice(kind: str, value: str, valid: tuple[str, ...]) -> None:
     if value not in valid:
         raise ValueError(f"unknown {kind} {value!r}; choose one of {', '.join(valid)}")
@@ -109,7 +118,7 @@ class LinearAttention(nn.Module):
         self.local_channels = local_channels
         self.global_channels = global_channels
 
-        self.local_proj: nn.Module | None = None
+        self.local_proj: nn.Conv2d | None = None
         self.global_proj: nn.Module | None = None
         width = local_channels
         if local_channels != global_channels:
@@ -146,7 +155,7 @@ class LinearAttention(nn.Module):
 
     def _matched(self, l: torch.Tensor, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if self.local_proj is not None:
-            l = self.local_proj(l)  # (B, D, H, W)
+            l = _pointwise(l, self.local_proj)  # (B, D, H, W)
         if self.global_proj is not None:
             g = self.global_proj(g)  # (B, C_out)
         return l, g
@@ -157,10 +166,12 @@ class LinearAttention(nn.Module):
         assert self.score is not None
         if self.compatibility == "add":
             assert self.local_key is not None and self.global_key is not None
-            hidden = F.relu(self.local_key(l) + self.global_key(g)[:, :, None, None])  # (B, A, H, W)
-            return self.score(hidden).squeeze(1)  # (B, H, W)
+            hidden = F.relu(
+                _pointwise(l, self.local_key) + self.global_key(g)[:, :, None, None]
+            )  # (B, A, H, W)
+            return _pointwise(hidden, self.score).squeeze(1)  # (B, H, W)
         # pc: <u, l_i + g> + b = <u, l_i> + b + <u, g>; the last term is one number per image.
-        c = self.score(l).squeeze(1)  # (B, H, W)
+        c = _pointwise(l, self.score).squeeze(1)  # (B, H, W)
         shift = g @ self.score.weight.view(-1)  # (B,)
         if self.normalization == "softmax":
             shift = shift * 0.0  # cancels in the softmax exactly; see the class docstring

@@ -1,0 +1,156 @@
+"""``ltpa train``: train any registered model on any dataset, or one row of the paper's tables (--preset)."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any
+
+import yaml
+
+from ltpa.errors import LTPAError
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    return key.strip().replace("-", "_"), yaml.safe_load(value)
+
+
+def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "train",
+        help="train a model (any model and dataset, or a paper preset)",
+        description=(
+            "Train a model. Settings come from defaults, then --config YAML, then --preset, then the flags below. "
+            "Multi-process: torchrun --nproc-per-node N -m ltpa train ..."
+        ),
+    )
+    what = parser.add_argument_group("what to train")
+    what.add_argument(
+        "--preset", help="a paper table row, e.g. vgg_att3_concat_pc-cifar100 (see --list-presets)"
+    )
+    what.add_argument("--list-presets", action="store_true", help="list the paper presets and exit")
+    what.add_argument("--config", help="YAML file of config keys (see --dry-run for the full list)")
+    what.add_argument("--model", help="registered model name (`ltpa models`)")
+    what.add_argument("--data", help="dataset name (`ltpa data`)")
+    what.add_argument("--root", help="dataset folder (default: the dataset's usual place)")
+    what.add_argument("--subset", type=int, help="train on the first N training images")
+    what.add_argument("--test-subset", type=int, help="evaluate on the first N test images each epoch")
+    what.add_argument("--width", type=float, help="channel width multiplier (e.g. 0.125 on a CPU)")
+    what.add_argument("--img-size", type=int, help="input side (default: the dataset's)")
+    what.add_argument("--preprocess", help="input normalisation preset (default: the dataset's)")
+    what.add_argument("--init-from", help="checkpoint to initialise all but the classifier from (CUB recipe)")
+    what.add_argument(
+        "--model-kwarg",
+        action="append",
+        type=_key_value,
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra model argument, e.g. compatibility=add or grad_averaging=true (repeatable)",
+    )
+    what.add_argument(
+        "--data-option",
+        action="append",
+        type=_key_value,
+        default=[],
+        metavar="KEY=VALUE",
+        help="extra dataset option, e.g. num_train=5000 (repeatable)",
+    )
+    optim = parser.add_argument_group("optimisation")
+    optim.add_argument("--epochs", type=int)
+    optim.add_argument("--batch-size", type=int)
+    optim.add_argument(
+        "--lr", type=float, help="initial learning rate (Torch-dampened momentum in VGG presets)"
+    )
+    optim.add_argument("--augment", choices=["none", "flip", "flip-half", "crop-flip"])
+    optim.add_argument("--seed", type=int)
+    run = parser.add_argument_group("run")
+    run.add_argument("--out", help="run folder (default runs/<model>-<data>-s<seed>-<time>)")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its folder")
+    run.add_argument("--device", help="auto (default), cpu, cuda, cuda:1")
+    run.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], help="mixed precision (CUDA only)")
+    run.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
+    run.add_argument("--sync-bn", action="store_true", default=None, help="SyncBatchNorm under DDP (CUDA)")
+    run.add_argument("--checkpoint-every", type=int, help="also save resume state every N steps")
+    run.add_argument("--tensorboard", action="store_true", default=None, help="log to <out>/tensorboard")
+    run.add_argument("--quiet", action="store_true", default=None, help="no progress or epoch lines")
+    run.add_argument(
+        "--dry-run", action="store_true", help="print the resolved config, build model and optimiser, exit"
+    )
+    parser.set_defaults(func=train_command)
+    return parser
+
+
+_FLAG_KEYS = (
+    "model", "data", "root", "subset", "test_subset", "width", "img_size", "preprocess", "init_from", "epochs",
+    "batch_size", "lr", "augment", "seed", "out", "device", "amp", "compile", "sync_bn", "checkpoint_every",
+    "tensorboard", "quiet",
+)  # fmt: skip
+
+
+def train_command(args: argparse.Namespace) -> int:
+    from ltpa.config import list_presets, resolve_config
+
+    if args.list_presets:
+        for name in list_presets():
+            print(name)
+        return 0
+    overrides: dict[str, Any] = {key: getattr(args, key) for key in _FLAG_KEYS}
+    if args.model_kwarg:
+        overrides["model_kwargs"] = dict(args.model_kwarg)
+    if args.data_option:
+        overrides["data_options"] = dict(args.data_option)
+    cfg = resolve_config(args.config, args.preset, overrides)
+    if args.dry_run:
+        return _dry_run(cfg)
+    from ltpa.train import fit
+
+    result = fit(cfg, resume=args.resume)
+    final = result.final
+    if final:
+        print(
+            f"{result.run_dir}: epoch {final['epoch']}  test accuracy {final['test_accuracy']:.4f}  "
+            f"(best {result.best_accuracy:.4f})"
+        )
+    return 0
+
+
+def _dry_run(cfg: Any) -> int:
+    import torch
+
+    from ltpa.data import build_dataset, dataset_info
+    from ltpa.train import build_model, lr_at
+
+    print(yaml.safe_dump(cfg.to_dict(), sort_keys=False).rstrip())
+    info = dataset_info(cfg.data)
+    img_size = cfg.img_size or info.img_size
+    num_classes = info.num_classes
+    try:
+        train = build_dataset(cfg.data, root=cfg.root, split="train", **cfg.data_options)
+        num_classes = train.num_classes
+        data_line = f"present, {len(train)} training images, {num_classes} classes"
+    except LTPAError as err:
+        data_line = f"not present here ({err})"
+    if num_classes is None:
+        raise LTPAError(f"{cfg.data} needs its data to know the number of classes; pass --root")
+    with torch.device("meta"):
+        model = build_model(cfg, num_classes, img_size)
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, dampening=cfg.dampening,
+        nesterov=cfg.nesterov, weight_decay=cfg.weight_decay,
+    )  # fmt: skip
+    params = sum(p.numel() for p in model.parameters())
+    lrs = sorted({round(lr_at(cfg, e, 0), 10) for e in range(1, cfg.epochs + 1)}, reverse=True)
+    print("# ---")
+    print(f"# model: {cfg.model}, {params:,} parameters, {img_size}x{img_size}, K={num_classes}")
+    print(f"# preprocess: {cfg.preprocess or info.preprocess}; data {cfg.data}: {data_line}")
+    print(f"# optimiser: {type(optimizer).__name__} {optimizer.defaults}")
+    print(f"# learning rates over the run: {', '.join(f'{v:g}' for v in lrs)}")
+    if cfg.init_from is None and cfg.data == "cub200" and cfg.preset:
+        print(
+            "# note: the paper initialises CUB models from the CIFAR-100 model: add --init-from RUN_DIR",
+            file=sys.stderr,
+        )
+    return 0

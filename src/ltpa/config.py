@@ -1,0 +1,221 @@
+"""Training configuration: one dataclass, filled from YAML, a named preset and overrides, in that order.
+
+Presets reproduce the recipes of "Learn To Pay Attention" (https://arxiv.org/abs/1804.02391; PAPER 3.1-3.4),
+one per row of the paper's tables: ``<model>-<dataset>``, e.g. ``vgg_att3_concat_pc-cifar100``.
+
+The VGG recipes keep the official Torch optimiser exactly: ``optim.sgd`` with learning rate 1, momentum 0.9
+and (Torch's default) dampening 0.9, i.e. ``SGD(lr=1, momentum=0.9, dampening=0.9)`` here, which is the
+standard ``lr=0.1, dampening=0`` up to the first step. Plain ``SGD(lr=1, momentum=0.9)`` would be ten times
+too large (PAPER 3.1).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ltpa.errors import LTPAError
+
+__all__ = ["PRESETS", "TrainConfig", "list_presets", "preset_overrides", "resolve_config"]
+
+
+@dataclass
+class TrainConfig:
+    """Everything a training run depends on; the resolved config is saved in the run folder.
+
+    Learning rate at optimiser step ``t`` of epoch ``e`` (1-based):
+    ``lr * prod(factors of milestones <= e) / (1 + lr_decay * t)``.
+    """
+
+    # what
+    model: str = "vgg_att2_concat_pc"
+    data: str = "cluttered-digits"
+    root: str | None = None
+    data_options: dict[str, Any] = field(default_factory=dict)
+    model_kwargs: dict[str, Any] = field(default_factory=dict)
+    width: float = 1.0
+    img_size: int | None = None  # default: the dataset's
+    preprocess: str | None = None  # default: the dataset's preset
+    subset: int | None = None  # first N training images
+    test_subset: int | None = None  # first N test images for the per-epoch evaluation
+    init_from: str | None = None  # checkpoint whose weights (all but the classifier) start the run
+    preset: str | None = None
+    # optimiser (PAPER 3.1)
+    epochs: int = 300
+    batch_size: int = 128
+    lr: float = 1.0
+    momentum: float = 0.9
+    dampening: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 5e-4
+    lr_decay: float = 1e-7  # Torch learningRateDecay: lr / (1 + lr_decay * step)
+    lr_milestones: list[int] = field(default_factory=lambda: list(range(25, 301, 25)))
+    lr_factors: list[float] = field(default_factory=lambda: [0.5] * 12)
+    reset_momentum: bool = False  # re-create the optimiser state at every milestone (the ResNet code)
+    augment: str = "flip-half"  # none | flip | flip-half | crop-flip
+    drop_last: bool = True
+    label_smoothing: float = 0.0
+    # run
+    out: str | None = None
+    seed: int = 0
+    device: str = "auto"
+    amp: str = "auto"  # auto (bf16/fp16 on CUDA, off on CPU) | off | bf16 | fp16
+    channels_last: str = "auto"
+    compile: bool = False
+    sync_bn: bool = False
+    eval_batch_size: int = 500
+    checkpoint_every: int = 0  # also save resume state every N steps inside an epoch (0: epoch ends only)
+    tensorboard: bool = False
+    quiet: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _milestones(every: int, epochs: int, factor: float) -> tuple[list[int], list[float]]:
+    ms = list(range(every, epochs + 1, every))
+    return ms, [factor] * len(ms)
+
+
+def _vgg_recipe(dataset: str) -> dict[str, Any]:
+    common: dict[str, Any] = {
+        "batch_size": 128,
+        "momentum": 0.9,
+        "dampening": 0.9,
+        "nesterov": False,
+        "weight_decay": 5e-4,
+        "lr_decay": 1e-7,
+        "augment": "flip-half",
+        "drop_last": True,
+        "reset_momentum": False,
+    }
+    if dataset in ("cifar10", "cifar100"):
+        ms, fs = _milestones(25, 300, 0.5)
+        return {**common, "lr": 1.0, "epochs": 300, "lr_milestones": ms, "lr_factors": fs}
+    if dataset == "svhn":
+        ms, fs = _milestones(25, 300, 0.5)
+        return {**common, "lr": 0.1, "epochs": 300, "lr_milestones": ms, "lr_factors": fs}
+    if dataset == "cub200":
+        ms = [30, 60, *range(90, 301, 30)]
+        fs = [2.0, 2.0] + [0.5] * (len(ms) - 2)
+        return {**common, "lr": 0.1, "epochs": 320, "lr_milestones": ms, "lr_factors": fs, "img_size": 80}
+    raise KeyError(dataset)
+
+
+def _resnet_recipe() -> dict[str, Any]:
+    return {
+        "batch_size": 64,
+        "lr": 0.1,
+        "momentum": 0.9,
+        "dampening": 0.0,
+        "nesterov": True,
+        "weight_decay": 5e-4,
+        "lr_decay": 0.0,
+        "epochs": 200,
+        "lr_milestones": [60, 120, 160],
+        "lr_factors": [0.2, 0.2, 0.2],
+        "reset_momentum": True,
+        "augment": "crop-flip",
+        "drop_last": True,
+        "preprocess": "gcn_zca",
+    }
+
+
+def _build_presets() -> dict[str, dict[str, Any]]:
+    from ltpa.models import list_models
+
+    presets: dict[str, dict[str, Any]] = {}
+    for model in list_models():
+        if model.startswith("vgg"):
+            for dataset in ("cifar10", "cifar100", "svhn", "cub200"):
+                cfg = {"model": model, "data": dataset, **_vgg_recipe(dataset)}
+                if dataset == "cub200" and model == "vgg_pan":
+                    cfg["batch_size"] = 32
+                presets[f"{model}-{dataset}"] = cfg
+        elif model.startswith("resnet164"):
+            for dataset in ("cifar10", "cifar100"):
+                presets[f"{model}-{dataset}"] = {"model": model, "data": dataset, **_resnet_recipe()}
+    return presets
+
+
+PRESETS: dict[str, dict[str, Any]] = {}
+
+
+def list_presets() -> list[str]:
+    """Names of the paper presets, ``<model>-<dataset>``."""
+    if not PRESETS:
+        PRESETS.update(_build_presets())
+    return sorted(PRESETS)
+
+
+def preset_overrides(name: str) -> dict[str, Any]:
+    """The config fields a preset sets.
+
+    Raises:
+        LTPAError: for an unknown preset, listing close matches.
+    """
+    import difflib
+
+    names = list_presets()
+    if name not in PRESETS:
+        close = difflib.get_close_matches(name, names, n=4, cutoff=0.5)
+        hint = f"did you mean {', '.join(close)}?" if close else "`ltpa train --list-presets` lists them"
+        raise LTPAError(f"unknown preset {name!r}; {hint}")
+    return {**PRESETS[name], "preset": name}
+
+
+_FIELDS = {f.name for f in dataclasses.fields(TrainConfig)}
+
+
+def _check_keys(values: dict[str, Any], where: str) -> None:
+    unknown = sorted(set(values) - _FIELDS)
+    if unknown:
+        raise LTPAError(
+            f"unknown config key(s) {', '.join(unknown)} in {where}; valid keys: {', '.join(sorted(_FIELDS))}"
+        )
+
+
+def resolve_config(
+    yaml_path: str | Path | None = None, preset: str | None = None, overrides: dict[str, Any] | None = None
+) -> TrainConfig:
+    """A config from defaults, then a YAML file, then a preset, then explicit overrides (None values skipped)."""
+    values: dict[str, Any] = {}
+    if yaml_path is not None:
+        path = Path(yaml_path)
+        try:
+            loaded = yaml.safe_load(path.read_text()) or {}
+        except FileNotFoundError:
+            raise LTPAError(f"config file {path} not found") from None
+        except yaml.YAMLError as err:
+            raise LTPAError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from err
+        if not isinstance(loaded, dict):
+            raise LTPAError(
+                f"config file {path} must hold a mapping of config keys, got {type(loaded).__name__}"
+            )
+        _check_keys(loaded, str(path))
+        values.update(loaded)
+    if preset is not None:
+        values.update(preset_overrides(preset))
+    if overrides:
+        _check_keys(overrides, "overrides")
+        values.update({k: v for k, v in overrides.items() if v is not None})
+    cfg = TrainConfig(**values)
+    _validate(cfg)
+    return cfg
+
+
+def _validate(cfg: TrainConfig) -> None:
+    if len(cfg.lr_milestones) != len(cfg.lr_factors):
+        raise LTPAError("lr_milestones and lr_factors must have the same length")
+    if cfg.epochs < 1 or cfg.batch_size < 1:
+        raise LTPAError(f"epochs and batch_size must be positive (got {cfg.epochs}, {cfg.batch_size})")
+    if cfg.augment not in ("none", "flip", "flip-half", "crop-flip"):
+        raise LTPAError(f"unknown augment {cfg.augment!r}; choose none, flip, flip-half or crop-flip")
+    if cfg.amp not in ("auto", "off", "bf16", "fp16"):
+        raise LTPAError(f"unknown amp {cfg.amp!r}; choose auto, off, bf16 or fp16")
+    if cfg.lr <= 0 or cfg.width <= 0:
+        raise LTPAError("lr and width must be positive")
