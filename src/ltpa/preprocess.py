@@ -29,11 +29,11 @@ from torch import nn
 from ltpa.errors import LTPAError
 
 __all__ = [
-    "PREPROCESSORS",
     "GCNZCA",
+    "PREPROCESSORS",
+    "YUVLCN",
     "MeanStd",
     "Preprocess",
-    "YUVLCN",
     "build_preprocess",
     "gaussian_kernel_1d",
     "list_preprocess",
@@ -70,6 +70,7 @@ class Preprocess(nn.Module):
     """
 
     needs_fit: bool = False
+    fitted_flag: torch.Tensor
 
     def __init__(self) -> None:
         super().__init__()
@@ -107,6 +108,9 @@ class MeanStd(Preprocess):
         - Input: (B, 3, H, W) float in [0, 1].
         - Output: (B, 3, H, W).
     """
+
+    mean: torch.Tensor
+    std: torch.Tensor
 
     def __init__(self, mean: Sequence[float] | None = None, std: Sequence[float] | None = None) -> None:
         self.needs_fit = mean is None or std is None
@@ -191,6 +195,9 @@ class YUVLCN(Preprocess):
 
     needs_fit = True
     pixel_scale = 255.0
+    kernel: torch.Tensor
+    uv_mean: torch.Tensor
+    uv_std: torch.Tensor
 
     def __init__(self, kernel_size: int = 7, threshold: float = 1e-4) -> None:
         super().__init__()
@@ -294,6 +301,8 @@ class GCNZCA(Preprocess):
     """
 
     needs_fit = True
+    zca_mean: torch.Tensor
+    zca_matrix: torch.Tensor
 
     def __init__(
         self,
@@ -307,7 +316,7 @@ class GCNZCA(Preprocess):
         super().__init__()
         dim = 3 * img_size * img_size
         if img_size < 1 or dim * dim * 4 > _MAX_ZCA_BYTES:
-            limit = int(math.isqrt(math.isqrt(_MAX_ZCA_BYTES // 4) // 3))
+            limit = math.isqrt(math.isqrt(_MAX_ZCA_BYTES // 4) // 3)
             raise LTPAError(
                 f"gcn_zca: img_size {img_size} needs a {dim}x{dim} ZCA matrix ({dim * dim * 4 / 1024**2:.0f} MB); "
                 f"use img_size <= {limit} or the 'meanstd' preset"
