@@ -14,7 +14,7 @@ __version__ = "0.1.0"
 
 from ltpa.attention import LinearAttention, create_attention
 from ltpa.errors import LTPAError
-from ltpa.models import AttentionOutput, LTPAModel, create_model, list_models, model_info
+from ltpa.models import AttentionOutput, LTPAModel, attach, create_model, list_models, model_info
 
 __all__ = [
     "AttentionOutput",
@@ -22,6 +22,7 @@ __all__ = [
     "LTPAModel",
     "LinearAttention",
     "__version__",
+    "attach",
     "create_attention",
     "create_model",
     "list_models",

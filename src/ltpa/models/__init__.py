@@ -2,6 +2,8 @@
 
 Names: ``vgg``, ``vgg_gap``, ``vgg_pan``, ``vgg_att{1,2,3}_{concat,indep}_{pc,dp,add}``, ``resnet164``,
 ``resnet164_att2_{concat,indep}_{pc,dp,add}``. ``add`` is the additive compatibility (not in the paper).
+Any timm or torchvision CNN with attention: ``timm/<model>_att<N>[_concat|_indep]_<pc|dp|add>`` and
+``tv/<model>_att<N>[_concat|_indep]_<pc|dp|add>`` (see :mod:`ltpa.models.attach`).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from typing import Any
 
 from ltpa.models._base import AttentionOutput, LTPAModel
 from ltpa.models._registry import create_model, list_models, register_model
+from ltpa.models.attach import AttnBackbone, attach
 from ltpa.models.resnet import PreActResNet
 from ltpa.models.vgg import LEVELS, VGG, VGGGAP, VGGPAN, AttnVGG
 
@@ -19,9 +22,11 @@ __all__ = [
     "VGGGAP",
     "VGGPAN",
     "AttentionOutput",
+    "AttnBackbone",
     "AttnVGG",
     "LTPAModel",
     "PreActResNet",
+    "attach",
     "create_model",
     "list_models",
     "model_info",

@@ -1,0 +1,59 @@
+"""``ltpa export``: a trained checkpoint to ONNX or TorchScript, checked against PyTorch after export."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ltpa.export import FORMATS
+
+
+def add_export_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "export",
+        help="export a checkpoint to ONNX or TorchScript for deployment",
+        description=(
+            "Export a trained checkpoint to ONNX or TorchScript. The exported model takes float32 RGB images "
+            "in [0, 1], (B, 3, S, S), returns logits (and, with --with-maps, one attention map per level), and "
+            "is compared with PyTorch on random images after export."
+        ),
+    )
+    parser.add_argument(
+        "checkpoint", metavar="CKPT", help="run folder, .safetensors/.json checkpoint, or stem"
+    )
+    group = parser.add_argument_group("export options")
+    group.add_argument("--format", choices=sorted(FORMATS), default="onnx", help="file format (default onnx)")
+    group.add_argument(
+        "--with-maps", action="store_true", help="also output the attention map of every level"
+    )
+    group.add_argument("--out", help="output file (default: beside the checkpoint, .onnx or .pt)")
+    group.add_argument("--img-size", type=int, help="input side (default: the model's)")
+    group.add_argument("--opset", type=int, default=17, help="ONNX opset version (default 17)")
+    group.add_argument("--which", choices=["last", "best"], default="last", help="checkpoint of a run folder")
+    check = parser.add_argument_group("check")
+    check.add_argument("--no-check", action="store_true", help="skip comparing the export with PyTorch")
+    check.add_argument("--atol", type=float, default=1e-4, help="largest accepted difference (default 1e-4)")
+    parser.set_defaults(func=export_command)
+    return parser
+
+
+def export_command(args: argparse.Namespace) -> int:
+    from ltpa.checkpoint import load_model, resolve_checkpoint
+    from ltpa.export import export_model
+
+    stem = resolve_checkpoint(args.checkpoint, args.which)
+    model = load_model(stem)
+    out = Path(args.out) if args.out else stem.with_name(stem.name + FORMATS[args.format])
+    path = export_model(
+        model,
+        out,
+        args.format,
+        with_maps=args.with_maps,
+        img_size=args.img_size,
+        check=not args.no_check,
+        atol=args.atol,
+        opset=args.opset,
+    )
+    checked = "not checked" if args.no_check else f"matches PyTorch within {args.atol:g}"
+    print(f"wrote {path} ({args.format}, {model.model_name}; {checked})")
+    return 0

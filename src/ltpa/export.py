@@ -1,0 +1,294 @@
+"""Export a trained "Learn To Pay Attention" model for deployment: ONNX or TorchScript, checked after export.
+
+Paper: https://arxiv.org/abs/1804.02391. The exported graph takes what ``model(x)`` takes (float32 RGB images
+in [0, 1], (B, 3, S, S); the normalisation is inside) and returns the logits, optionally followed by the
+attention map of every attended level (PAPER 1.4), so a deployment can show where the model looked.
+
+Both formats are made by tracing the model in eval mode on random images (ONNX through the TorchScript-based
+exporter ``torch.onnx.export(..., dynamo=False)``, which needs no ``onnxscript``). The batch dimension stays
+dynamic; the image side is fixed at ``img_size``. After export the file is loaded again (ONNX Runtime for
+ONNX, ``torch.jit.load`` for TorchScript) and its outputs are compared with PyTorch's on fresh random images
+of a different batch size; a disagreement beyond ``atol`` raises :class:`ltpa.errors.LTPAError` and leaves
+no file behind. The model's name, kwargs, classes, input size and output names are stored in the file
+(ONNX ``metadata_props``; TorchScript extra file ``ltpa.json``).
+
+ONNX export needs the ``onnx`` package and its check ``onnxruntime``: ``pip install 'ltpa[onnx]'``. PyTorch
+has deprecated TorchScript (``torch.jit``) in favour of ``torch.export``; ONNX is the format to prefer.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import warnings
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any, Literal, cast
+
+import torch
+from torch import nn
+
+from ltpa.checkpoint import atomic_write
+from ltpa.errors import LTPAError
+
+__all__ = ["FORMATS", "ExportedOutputs", "check_export", "export_model", "output_names"]
+
+Format = Literal["onnx", "torchscript"]
+FORMATS: dict[str, str] = {"onnx": ".onnx", "torchscript": ".pt"}
+_CHECK_BATCH = 3  # differs from the tracing batch of 2, so a batch size baked into the graph is caught
+
+
+class ExportedOutputs(nn.Module):
+    """What is exported: ``model(x)``'s logits, plus the attention maps as extra outputs with ``with_maps``.
+
+    Shape:
+        - x: (B, 3, S, S) in [0, 1].
+        - returns logits (B, K), or ``(logits, map_1, ..., map_S)`` with map_s (B, H_s, W_s).
+    """
+
+    def __init__(self, model: nn.Module, with_maps: bool = False) -> None:
+        super().__init__()
+        self.model = model
+        self.with_maps = with_maps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        if not self.with_maps:
+            return self.model(x)
+        out = cast(Any, self.model).forward_attention(x)
+        return (out.logits, *out.maps)
+
+
+def output_names(model: nn.Module, with_maps: bool = False) -> list[str]:
+    """``["logits"]``, then ``attn<i>_<level name>`` for each attended level when ``with_maps``."""
+    names = ["logits"]
+    if with_maps:
+        for i, level in enumerate(getattr(model, "attn_info", [])):
+            names.append(f"attn{i}_{re.sub(r'[^0-9A-Za-z]+', '_', str(level['name'])).strip('_')}")
+    return names
+
+
+def _metadata(model: nn.Module, img_size: int, names: list[str]) -> dict[str, Any]:
+    from ltpa import __version__
+
+    return {
+        "ltpa_version": __version__,
+        "model_name": getattr(model, "model_name", type(model).__name__),
+        "model_kwargs": getattr(model, "model_kwargs", {}),
+        "num_classes": getattr(model, "num_classes", None),
+        "img_size": img_size,
+        "input": f"images: float32 (B, 3, {img_size}, {img_size}), RGB in [0, 1]; normalisation is inside",
+        "outputs": names,
+        "levels": [dict(level) for level in getattr(model, "attn_info", [])],
+    }
+
+
+def _random_images(batch: int, img_size: int, device: torch.device, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(seed)
+    return torch.rand(batch, 3, img_size, img_size, generator=gen).to(device)
+
+
+def _as_tuple(out: Any) -> tuple[torch.Tensor, ...]:
+    return tuple(out) if isinstance(out, tuple | list) else (out,)
+
+
+def _require(module: str, purpose: str) -> Any:
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError as err:
+        raise LTPAError(f"{purpose} needs the {module} package: pip install 'ltpa[onnx]'") from err
+
+
+def _export_onnx(
+    wrapper: ExportedOutputs, sample: torch.Tensor, path: str, names: list[str], opset: int
+) -> None:
+    torch.onnx.export(
+        wrapper,
+        (sample,),
+        path,
+        dynamo=False,  # the TorchScript-based exporter: no onnxscript needed, dynamic batch via dynamic_axes
+        input_names=["images"],
+        output_names=names,
+        dynamic_axes={name: {0: "batch"} for name in ["images", *names]},
+        opset_version=opset,
+    )
+
+
+def _write_onnx_metadata(path: str, meta: dict[str, Any]) -> None:
+    onnx = _require("onnx", "ONNX export")
+    proto = onnx.load(path)
+    onnx.helper.set_model_props(proto, {"ltpa": json.dumps(meta)})
+    onnx.save(proto, path)
+
+
+def _run_onnx(path: str) -> Callable[[torch.Tensor], tuple[torch.Tensor, ...]]:
+    ort = _require("onnxruntime", "Checking an ONNX export")
+    session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+
+    def run(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(torch.from_numpy(o) for o in session.run(None, {"images": x.cpu().numpy()}))
+
+    return run
+
+
+@contextlib.contextmanager
+def _quiet_tracing() -> Iterator[None]:
+    # The tracer warns that values it turns into constants may not generalise: the check after export
+    # compares outputs on other inputs, which is what those warnings ask for. TorchScript's deprecation
+    # notice is in the module docstring rather than repeated on every export.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message=r"`torch\.jit\.\w+` is deprecated", category=FutureWarning)
+        yield
+
+
+def _run_torchscript(path: str, device: torch.device) -> Callable[[torch.Tensor], tuple[torch.Tensor, ...]]:
+    with _quiet_tracing():
+        loaded = torch.jit.load(path, map_location=device)
+
+    def run(x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        with torch.no_grad():
+            return _as_tuple(loaded(x))
+
+    return run
+
+
+def check_export(
+    path: str | os.PathLike[str],
+    model: nn.Module,
+    format: Format,
+    *,
+    with_maps: bool = False,
+    img_size: int | None = None,
+    atol: float = 1e-4,
+    seed: int = 1,
+) -> float:
+    """Compares an exported file with ``model`` on random images.
+
+    Args:
+        path: the ``.onnx`` or TorchScript file.
+        model: the PyTorch model it was exported from (put in eval mode for the comparison, then restored).
+        format: ``"onnx"`` or ``"torchscript"``.
+        with_maps: whether the file returns the attention maps after the logits.
+        img_size: image side (default ``model.img_size``).
+        atol: the largest absolute difference accepted on any output.
+        seed: seed of the random images.
+
+    Returns:
+        The largest absolute difference over all outputs.
+
+    Raises:
+        LTPAError: if an output differs by more than ``atol`` or the output count is wrong.
+    """
+    img_size = img_size or int(cast(Any, model).img_size)
+    device = next(iter(model.parameters())).device
+    run = _run_onnx(str(path)) if format == "onnx" else _run_torchscript(str(path), device)
+    x = _random_images(_CHECK_BATCH, img_size, device, seed)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            expected = _as_tuple(ExportedOutputs(model, with_maps)(x))
+    finally:
+        model.train(was_training)
+    got = run(x)
+    names = output_names(model, with_maps)
+    if len(got) != len(expected):
+        raise LTPAError(
+            f"exported {format} model returns {len(got)} outputs, PyTorch {len(expected)}; re-export it"
+        )
+    worst = 0.0
+    for name, ref, out in zip(names, expected, got):
+        if tuple(out.shape) != tuple(ref.shape):
+            raise LTPAError(
+                f"exported {format} output {name} has shape {tuple(out.shape)}, PyTorch {tuple(ref.shape)}; "
+                "the export is not valid for this batch size"
+            )
+        diff = float((out.to(ref.device, ref.dtype) - ref).abs().max()) if ref.numel() else 0.0
+        if not diff <= atol:  # also catches NaN
+            raise LTPAError(
+                f"exported {format} output {name} differs from PyTorch by {diff:.3g} > atol {atol:g}; "
+                "the model has an operation the exporter does not reproduce (or raise atol)"
+            )
+        worst = max(worst, diff)
+    return worst
+
+
+def export_model(
+    model: nn.Module,
+    path: str | os.PathLike[str],
+    format: Format = "onnx",
+    *,
+    with_maps: bool = False,
+    img_size: int | None = None,
+    check: bool = True,
+    atol: float = 1e-4,
+    opset: int = 17,
+) -> Path:
+    """Exports ``model`` to ONNX or TorchScript and, with ``check``, verifies the file against PyTorch.
+
+    The file is written atomically: if export or check fails, ``path`` is left as it was (absent, or the
+    previous file).
+
+    Args:
+        model: an ltpa model (its ``forward`` takes [0, 1] images; ``forward_attention`` is used for maps).
+        path: the file to write.
+        format: ``"onnx"`` or ``"torchscript"``.
+        with_maps: also output every attended level's attention map after the logits.
+        img_size: the exported image side (default ``model.img_size``); the batch size stays dynamic.
+        check: reload the file and compare its outputs with PyTorch's on random images.
+        atol: the largest absolute difference the check accepts.
+        opset: ONNX opset version.
+
+    Returns:
+        ``path`` as a Path.
+
+    Shape:
+        - exported input ``images``: (B, 3, img_size, img_size) float32 in [0, 1].
+        - outputs ``logits`` (B, K), then with ``with_maps`` one (B, H_s, W_s) map per level.
+
+    Raises:
+        LTPAError: unknown format, a model without maps for ``with_maps``, a missing package, or a check
+            that fails.
+    """
+    if format not in FORMATS:
+        raise LTPAError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+    if with_maps and not getattr(model, "attn_info", None):
+        raise LTPAError(
+            f"{getattr(model, 'model_name', type(model).__name__)} has no attention maps; drop --with-maps"
+        )
+    if format == "onnx":
+        _require("onnx", "ONNX export")
+        if check:
+            _require("onnxruntime", "Checking an ONNX export")
+    img_size = img_size or int(getattr(model, "img_size", 0)) or 224
+    path = Path(path)
+    names = output_names(model, with_maps)
+    meta = _metadata(model, img_size, names)
+    device = next(iter(model.parameters())).device
+    sample = _random_images(2, img_size, device, seed=0)
+    wrapper = ExportedOutputs(model, with_maps)
+    was_training = model.training
+    model.eval()
+
+    def write(tmp: str) -> None:
+        with _quiet_tracing():
+            if format == "onnx":
+                _export_onnx(wrapper, sample, tmp, names, opset)
+            else:
+                with torch.no_grad():
+                    traced = torch.jit.trace(wrapper, (sample,), check_trace=False)
+                torch.jit.save(traced, tmp, _extra_files={"ltpa.json": json.dumps(meta)})
+        if format == "onnx":
+            _write_onnx_metadata(tmp, meta)
+        if check:
+            check_export(tmp, model, format, with_maps=with_maps, img_size=img_size, atol=atol)
+
+    try:
+        atomic_write(path, write)
+    finally:
+        model.train(was_training)
+    return path
