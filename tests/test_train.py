@@ -15,9 +15,9 @@ from safetensors.torch import load_file
 
 import ltpa.cli
 from ltpa.checkpoint import atomic_write, load_model, save_checkpoint
-from ltpa.config import TrainConfig, list_presets, lr_at, resolve_config
+from ltpa.config import TrainConfig, list_presets, resolve_config
 from ltpa.errors import LTPAError
-from ltpa.train import fit
+from ltpa.train import fit, lr_at
 
 ROOT = Path(__file__).resolve().parents[1]
 

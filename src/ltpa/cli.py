@@ -18,7 +18,19 @@ from ltpa.errors import LTPAError
 __all__ = ["main"]
 
 # Subcommands, in the order `ltpa --help` lists them.
-_COMMANDS: tuple[str, ...] = ("models",)
+_COMMANDS: tuple[str, ...] = (
+    "models",
+    "data",
+    "train",
+    "demo",
+    "export",
+    "eval",
+    "visualize",
+    "attack",
+    "segment",
+    "localize",
+    "transfer",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,106 @@
+"""``ltpa eval``: top-1 accuracy and error, per-class accuracy and confusion matrix (PAPER 3.5).
+
+Also holds the flags every evaluation command shares (checkpoints, data, run options).
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from ltpa.commands.train import _key_value
+
+
+def add_checkpoint_args(parser: argparse.ArgumentParser, *, many: bool = True) -> None:
+    """The positional checkpoint argument(s): run folders or ``.safetensors`` files."""
+    parser.add_argument(
+        "checkpoints" if many else "checkpoint",
+        nargs="+" if many else None,
+        metavar="CKPT",
+        help="run folder(s) or .safetensors checkpoint file(s) made by `ltpa train`",
+    )
+
+
+def add_data_args(
+    parser: argparse.ArgumentParser, *, default: str | None = None, required: bool = True
+) -> None:
+    """``--data``, ``--root``, ``--split``, ``--limit`` and ``--data-option`` in a "data" group."""
+    group = parser.add_argument_group("data")
+    group.add_argument(
+        "--data",
+        default=default,
+        required=required and default is None,
+        metavar="NAME",
+        help="dataset name" + (f" (default {default})" if default else ""),
+    )
+    group.add_argument("--root", metavar="DIR", help="dataset folder (default: the dataset's default place)")
+    group.add_argument("--split", default="test", help="split to evaluate (default test)")
+    group.add_argument("--limit", type=int, metavar="N", help="only the first N images (quick runs)")
+    group.add_argument(
+        "--data-option",
+        action="append",
+        type=_key_value,
+        default=[],
+        metavar="KEY=VALUE",
+        help="dataset option, e.g. num_test=500 (repeatable)",
+    )
+
+
+def add_run_args(parser: argparse.ArgumentParser, command: str, *, batch_size: int = 256) -> None:
+    """``--out``, ``--batch-size``, ``--device``, ``--which`` and ``--quiet`` in a "run" group."""
+    group = parser.add_argument_group("run")
+    group.add_argument(
+        "--out",
+        default=f"results/{command}",
+        metavar="DIR",
+        help=f"output folder (default results/{command})",
+    )
+    group.add_argument(
+        "--batch-size", type=int, default=batch_size, help=f"images per batch (default {batch_size})"
+    )
+    group.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    group.add_argument(
+        "--which", default="last", choices=("last", "best"), help="checkpoint of a run folder (default last)"
+    )
+    group.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def common_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """Config fields shared by the evaluation commands, from parsed flags."""
+    return {
+        "data": args.data,
+        "root": args.root,
+        "split": args.split,
+        "limit": args.limit,
+        "data_options": dict(args.data_option),
+        "batch_size": args.batch_size,
+        "device": args.device,
+        "which": args.which,
+        "out": args.out,
+        "progress": False if args.quiet else None,
+    }
+
+
+def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "eval",
+        help="accuracy, per-class accuracy and confusion matrix of checkpoints",
+        description=(
+            "Top-1 accuracy and error (single centre view, BN in eval mode; PAPER 3.5), per-class accuracy "
+            "and a confusion-matrix figure per checkpoint. Writes eval.json and confusion_<run>.png. A "
+            "CIFAR-10 model on stl10 is scored directly through its head on the nine shared classes (PAPER "
+            "4.2)."
+        ),
+    )
+    add_checkpoint_args(parser)
+    add_data_args(parser)
+    add_run_args(parser, "eval")
+    parser.set_defaults(func=eval_command)
+    return parser
+
+
+def eval_command(args: argparse.Namespace) -> int:
+    from ltpa.evaluate.accuracy import EvalConfig, run_eval
+
+    run_eval(args.checkpoints, EvalConfig(**common_kwargs(args)))
+    return 0

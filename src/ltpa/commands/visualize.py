@@ -1,0 +1,80 @@
+"""``ltpa visualize``: per-level attention maps over images, beside CAM and Grad-CAM, in one grid figure."""
+
+from __future__ import annotations
+
+import argparse
+
+from ltpa.commands.eval import add_checkpoint_args
+from ltpa.commands.train import _key_value
+
+
+def add_visualize_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    parser = subparsers.add_parser(
+        "visualize",
+        help="attention maps overlaid on images (with CAM / Grad-CAM beside them)",
+        description=(
+            "Per-level attention maps of a checkpoint, bilinearly upsampled and min-max scaled per image, "
+            "overlaid on the pictures in one grid figure (attention.png, with attention.json). Any image file"
+            " of any size and mode is accepted; the model sees it resized to its input. Beside them: the CAM "
+            "of a vgg_gap checkpoint (--cam) and Grad-CAM of the model."
+        ),
+    )
+    add_checkpoint_args(parser, many=False)
+    source = parser.add_argument_group("pictures (give --images, or --data with --count)")
+    source.add_argument("--images", nargs="+", default=[], metavar="FILE", help="image files")
+    source.add_argument("--data", metavar="NAME", help="dataset to take the first --count images from")
+    source.add_argument("--root", metavar="DIR", help="its folder")
+    source.add_argument("--split", default="test", help="its split (default test)")
+    source.add_argument("--count", type=int, default=8, help="number of dataset images (default 8)")
+    source.add_argument(
+        "--data-option",
+        action="append",
+        type=_key_value,
+        default=[],
+        metavar="KEY=VALUE",
+        help="dataset option (repeatable)",
+    )
+    maps = parser.add_argument_group("maps")
+    maps.add_argument("--cam", metavar="CKPT", help="a vgg_gap checkpoint whose CAM is shown for comparison")
+    maps.add_argument("--no-gradcam", action="store_true", help="leave out Grad-CAM")
+    maps.add_argument(
+        "--gradcam-backend",
+        default="auto",
+        choices=("auto", "package", "own"),
+        help="grad-cam package (auto: when installed) or the built-in implementation",
+    )
+    maps.add_argument(
+        "--display", type=int, default=192, help="longer side of each picture in pixels (default 192)"
+    )
+    maps.add_argument("--alpha", type=float, default=0.5, help="weight of the heat colours (default 0.5)")
+    run = parser.add_argument_group("run")
+    run.add_argument(
+        "--out", default="results/visualize", metavar="DIR", help="output folder (default results/visualize)"
+    )
+    run.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    run.add_argument("--which", default="last", choices=("last", "best"), help="checkpoint of a run folder")
+    parser.set_defaults(func=visualize_command)
+    return parser
+
+
+def visualize_command(args: argparse.Namespace) -> int:
+    from ltpa.visualize import VisualizeConfig, run_visualize
+
+    config = VisualizeConfig(
+        images=list(args.images),
+        data=args.data,
+        root=args.root,
+        split=args.split,
+        count=args.count,
+        data_options=dict(args.data_option),
+        cam=args.cam,
+        gradcam=not args.no_gradcam,
+        gradcam_backend=args.gradcam_backend,
+        display=args.display,
+        alpha=args.alpha,
+        device=args.device,
+        which=args.which,
+        out=args.out,
+    )
+    run_visualize(args.checkpoint, config)
+    return 0

@@ -1,0 +1,274 @@
+"""Test data, devices, batches and progress bars shared by the evaluation experiments.
+
+Paper: "Learn To Pay Attention", Jetley et al., ICLR 2018, https://arxiv.org/abs/1804.02391 (PAPER 3.5: a
+single centre view, BN in eval mode, dropout off).
+
+Evaluation data is held as uint8 tensors (``ltpa.data.load_tensors``); batches become float [0, 1] images at
+the model's input side only when they are fed to it, so one copy of the data serves several models.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from ltpa.errors import LTPAError
+from ltpa.models import LTPAModel
+
+__all__ = [
+    "EvalData",
+    "batch_slices",
+    "check_classes",
+    "data_for_models",
+    "data_options_for",
+    "eval_mode",
+    "load_checkpoints",
+    "load_eval_data",
+    "model_device",
+    "progress_bar",
+    "resolve_device",
+    "show_progress",
+    "to_model_input",
+]
+
+T = TypeVar("T")
+
+
+@dataclass
+class EvalData:
+    """A labelled evaluation set in memory.
+
+    Attributes:
+        name: dataset registry name.
+        split: split name.
+        images: uint8 (N, 3, S, S).
+        labels: int64 (N,).
+        masks: bool (N, S, S) ground truth, or None.
+        classes: class names, index = label.
+        options: the dataset options it was built with.
+    """
+
+    name: str
+    split: str
+    images: torch.Tensor
+    labels: torch.Tensor
+    masks: torch.Tensor | None
+    classes: list[str]
+    options: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def size(self) -> int:
+        """Side S of the images (and masks)."""
+        return int(self.images.shape[-1])
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.classes)
+
+
+def show_progress(progress: bool | None) -> bool:
+    """Whether to draw progress bars: ``None`` means "when stderr is a terminal"."""
+    if progress is None:
+        return sys.stderr.isatty()
+    return bool(progress) and sys.stderr.isatty()
+
+
+def progress_bar(
+    items: Iterable[T], *, total: int | None = None, desc: str = "", progress: bool | None = None
+) -> Iterator[T]:
+    """``tqdm`` over ``items``, drawn only on a terminal (see :func:`show_progress`)."""
+    yield from tqdm(
+        items, total=total, desc=desc, disable=not show_progress(progress), leave=False, unit="batch"
+    )
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """A torch device from ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``.
+
+    Raises:
+        LTPAError: when CUDA is asked for but not available.
+    """
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError as err:
+        raise LTPAError(f"unknown device {device!r}; use cpu, cuda, cuda:N or auto") from err
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise LTPAError(f"device {device!r} asked for but CUDA is not available here; use --device cpu")
+    return dev
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device of the model's first parameter or buffer (CPU when it has none)."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        return tensor.device
+    return torch.device("cpu")
+
+
+@contextlib.contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """Puts every submodule in eval mode and restores each one's own train/eval flag afterwards."""
+    flags = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, training in flags:
+            module.training = training
+
+
+def batch_slices(n: int, batch_size: int) -> list[slice]:
+    """Consecutive slices of at most ``batch_size`` covering ``range(n)``."""
+    if batch_size < 1:
+        raise LTPAError(f"batch size must be at least 1, got {batch_size}")
+    return [slice(start, min(start + batch_size, n)) for start in range(0, n, batch_size)]
+
+
+def to_model_input(images: torch.Tensor, size: int, device: torch.device | None = None) -> torch.Tensor:
+    """uint8 or float [0, 1] images as float [0, 1] at side ``size`` on ``device``.
+
+    Resizing is bilinear with antialiasing (as ``ltpa.data`` resizes), so a dataset loaded at another side
+    than the model's input still feeds it what it was trained on.
+
+    Shape:
+        - images: (B, 3, H, W)
+        - output: (B, 3, size, size)
+    """
+    x = images.to(device) if device is not None else images
+    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+    if tuple(x.shape[-2:]) != (size, size):
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+        x = x.clamp_(0.0, 1.0)
+    return x
+
+
+def load_eval_data(
+    name: str,
+    root: str | os.PathLike[str] | None = None,
+    *,
+    split: str = "test",
+    img_size: int | None = None,
+    limit: int | None = None,
+    options: dict[str, Any] | None = None,
+    progress: bool | None = None,
+) -> EvalData:
+    """One split of a dataset as tensors, through ``ltpa.data.build_dataset`` and ``load_tensors``.
+
+    Args:
+        name: dataset registry name (``cluttered-digits``, ``object-discovery``, ``image-folder``, ...).
+        root: where its files are (None: the dataset's default place).
+        split: ``"test"`` unless another split is asked for.
+        img_size: side the images (and masks) are resized to; None keeps the native size.
+        limit: keep only the first ``limit`` images.
+        options: further keyword arguments of ``build_dataset``.
+        progress: progress bar while decoding (None: on a terminal).
+
+    Raises:
+        LTPAError: for an unknown dataset, missing files, or an empty selection.
+    """
+    from ltpa.data import build_dataset, load_tensors
+
+    if limit is not None and limit < 1:
+        raise LTPAError(f"--limit must be at least 1, got {limit}")
+    options = dict(options or {})
+    dataset = build_dataset(name, root=root, split=split, **options)
+    images, labels, masks = load_tensors(
+        dataset, img_size=img_size, limit=limit, progress=show_progress(progress)
+    )
+    if images.shape[0] == 0:
+        raise LTPAError(f"dataset {name} ({split} split) has no images at {root or 'its default root'}")
+    classes = list(getattr(dataset, "classes", [str(i) for i in range(int(labels.max()) + 1)]))
+    return EvalData(name, split, images, labels.long(), masks, classes, options)
+
+
+def load_checkpoints(
+    paths: Sequence[str | os.PathLike[str]], *, which: str = "last", device: str | torch.device = "cpu"
+) -> list[LTPAModel]:
+    """Models of the given run folders / checkpoint files, in eval mode, each with a unique ``run_name``.
+
+    Two checkpoints of the same run (``last`` and ``best``) would share the run folder's name; the second and
+    later ones are then named ``<run>/<stem>``.
+    """
+    from ltpa.checkpoint import load_model, resolve_checkpoint
+
+    if not paths:
+        raise LTPAError("no checkpoint given; pass one or more run folders or .safetensors files")
+    models = []
+    seen: set[str] = set()
+    for path in paths:
+        model = load_model(path, which=which, device=device)
+        if model.run_name in seen:
+            model.run_name = f"{model.run_name}/{Path(resolve_checkpoint(path, which)).name}"
+        if model.run_name in seen:
+            raise LTPAError(f"checkpoint {path} is given twice; pass each checkpoint once")
+        seen.add(model.run_name)
+        models.append(model)
+    return models
+
+
+def data_options_for(model: nn.Module, data: str, options: dict[str, Any]) -> dict[str, Any]:
+    """Dataset options for evaluating ``model`` on ``data``: a 10-class model on ``stl10`` reads it with
+    CIFAR-10 labels (the nine shared classes, monkeys dropped; PAPER 4.2) unless the options say otherwise."""
+    options = dict(options)
+    if data == "stl10" and int(getattr(model, "num_classes", 0)) == 10:
+        options.setdefault("cifar10_labels", True)
+    return options
+
+
+def check_classes(model: nn.Module, data: EvalData) -> None:
+    """Raises when the model's outputs cannot name the dataset's classes."""
+    k = int(getattr(model, "num_classes", 0))
+    top = int(data.labels.max()) if len(data) else -1
+    if k < data.num_classes or top >= k:
+        name = getattr(model, "run_name", getattr(model, "model_name", "model"))
+        raise LTPAError(
+            f"{name} has {k} outputs but {data.name} has {data.num_classes} classes; evaluate it on the data "
+            "it was trained on (or use `ltpa transfer` for a new label set)"
+        )
+
+
+def data_for_models(
+    models: Sequence[LTPAModel],
+    name: str,
+    root: str | os.PathLike[str] | None = None,
+    *,
+    split: str = "test",
+    limit: int | None = None,
+    options: dict[str, Any] | None = None,
+    img_size: int | None = None,
+    progress: bool | None = None,
+    labelled: bool = True,
+) -> list[EvalData]:
+    """The evaluation set for each model, read once per distinct (side, options).
+
+    Images are loaded at ``img_size`` when given, else at each model's input side. With ``labelled`` the
+    model's outputs must cover the dataset's classes (:func:`check_classes`).
+    """
+    cache: dict[tuple[int, str], EvalData] = {}
+    out = []
+    for model in models:
+        opts = data_options_for(model, name, options or {})
+        side = int(img_size or model.img_size)
+        key = (side, repr(sorted(opts.items())))
+        if key not in cache:
+            cache[key] = load_eval_data(
+                name, root, split=split, img_size=side, limit=limit, options=opts, progress=progress
+            )
+        if labelled:
+            check_classes(model, cache[key])
+        out.append(cache[key])
+    return out

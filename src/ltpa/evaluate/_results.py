@@ -1,0 +1,99 @@
+"""Result files and printed tables of the evaluation experiments.
+
+Paper: "Learn To Pay Attention", Jetley et al., ICLR 2018, https://arxiv.org/abs/1804.02391.
+
+Every experiment writes its numbers under fixed file names with fixed columns (``eval.json``, ``attack.csv``,
+``segment.csv``, ``localize.csv``, ``transfer.csv``) so that scripts can read them; files are replaced
+atomically so a crash never leaves half a table.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from ltpa.checkpoint import atomic_write
+
+__all__ = ["format_table", "save_figure", "write_csv", "write_json"]
+
+
+def _cell(value: Any) -> Any:
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else "nan"
+    return value
+
+
+def write_csv(
+    path: str | os.PathLike[str], rows: Sequence[Mapping[str, Any]], columns: Sequence[str]
+) -> Path:
+    """Writes ``rows`` with exactly ``columns`` (in that order) to ``path``; floats keep full precision."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n", extrasaction="raise")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({c: _cell(row[c]) for c in columns})
+    path = Path(path)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(buffer.getvalue()))
+    return path
+
+
+def save_figure(fig: Any, path: str | os.PathLike[str]) -> Path:
+    """Saves a matplotlib figure as a PNG (100 dpi), creating the folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _finite(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(v) for v in value]
+    return value
+
+
+def write_json(path: str | os.PathLike[str], data: Any) -> Path:
+    """Writes ``data`` as indented JSON (NaN becomes null, which every JSON reader accepts)."""
+    text = json.dumps(_finite(data), indent=2) + "\n"
+    path = Path(path)
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+    return path
+
+
+def format_table(
+    rows: Sequence[Mapping[str, Any]], columns: Sequence[str], *, percent: Sequence[str] = ()
+) -> str:
+    """A plain-text table; the columns named in ``percent`` are fractions printed as percentages."""
+
+    def show(column: str, value: Any) -> str:
+        if isinstance(value, float):
+            if not math.isfinite(value):
+                return "-"
+            return f"{100 * value:.2f}" if column in percent else f"{value:.4g}"
+        return str(value)
+
+    cells = [[show(c, row[c]) for c in columns] for row in rows]
+    headers = [f"{c} %" if c in percent else c for c in columns]
+    widths = [max([len(h)] + [len(r[i]) for r in cells]) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    for r in cells:
+        lines.append("  ".join(v.rjust(w) if _numeric(v) else v.ljust(w) for v, w in zip(r, widths)).rstrip())
+    return "\n".join(lines)
+
+
+def _numeric(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

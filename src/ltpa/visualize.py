@@ -1,0 +1,349 @@
+"""Attention maps drawn over images: overlays as uint8 arrays and PNG files, and the comparison grid figure.
+
+Paper: "Learn To Pay Attention", Jetley et al., ICLR 2018, https://arxiv.org/abs/1804.02391 (PAPER 4.5,
+Fig. 1: layer-10 attention covers the object, layer-13 a discriminative part).
+
+A softmax over 1,024 positions gives values near 1/1024 everywhere, which look empty when drawn as they are
+(a reproduction reported exactly that); each map is therefore upsampled bilinearly to the picture and min-max
+scaled per image before it is coloured. Any image file is accepted (any size, grey, palette, 16-bit, alpha):
+the model sees it resized to its input side, and the maps are drawn over the original picture (shrunk for
+display), so a non-square picture shows where the model looked in its own geometry.
+
+    ltpa visualize runs/att2 --images cat.jpg plane.png --cam runs/gap --out results/visualize
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ltpa.errors import LTPAError
+from ltpa.evaluate._data import eval_mode, load_checkpoints, model_device, to_model_input
+from ltpa.evaluate._maps import (
+    attention_maps,
+    class_activation_maps,
+    grad_cam,
+    map_kind,
+    normalize_minmax,
+    upsample,
+)
+from ltpa.evaluate._results import save_figure, write_json
+from ltpa.models import LTPAModel
+
+__all__ = [
+    "VisualizeConfig",
+    "attention_panels",
+    "display_size",
+    "load_image",
+    "overlay",
+    "plot_attention_grid",
+    "run_visualize",
+    "save_png",
+]
+
+
+def load_image(path: str | os.PathLike[str]) -> torch.Tensor:
+    """Any image file as RGB uint8: grey, palette and CMYK are converted, 16-bit and float images rescaled to
+    8 bits, transparency composited onto white, EXIF rotation applied.
+
+    Raises:
+        LTPAError: naming the file when it is missing or not an image.
+
+    Shape:
+        - output: (3, H, W) uint8
+    """
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    path = Path(path)
+    if not path.is_file():
+        raise LTPAError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as opened:
+            opened.load()
+            image = ImageOps.exif_transpose(opened) or opened
+            if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+                array = np.asarray(image, dtype=np.float64)
+                lo, hi = float(array.min()), float(array.max())
+                scaled = (array - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(array)
+                image = Image.fromarray(scaled.round().astype(np.uint8), mode="L")
+            if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+                rgba = image.convert("RGBA")
+                white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+                image = Image.alpha_composite(white, rgba)
+            rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
+    except (UnidentifiedImageError, OSError, ValueError) as err:
+        raise LTPAError(
+            f"cannot read image {path} ({type(err).__name__}: {err}); pass a JPEG, PNG, BMP, ..."
+        ) from err
+    return torch.from_numpy(rgb.copy()).permute(2, 0, 1).contiguous()
+
+
+def display_size(height: int, width: int, longest: int = 192) -> tuple[int, int]:
+    """(H, W) of a picture scaled so that its longer side is ``longest`` (aspect ratio kept)."""
+    scale = longest / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
+
+
+def overlay(image: torch.Tensor, heat: torch.Tensor, *, alpha: float = 0.5, cmap: str = "jet") -> np.ndarray:
+    """A heat map in [0, 1] coloured with ``cmap`` and blended over an RGB image.
+
+    Args:
+        image: uint8, or float in [0, 1], RGB (channels first).
+        heat: values in [0, 1] (clipped), same height and width as the image.
+        alpha: weight of the heat colours.
+        cmap: matplotlib colormap name.
+
+    Returns:
+        uint8 (H, W, 3) RGB array.
+
+    Shape:
+        - image: (3, H, W); heat: (H, W)
+    """
+    from matplotlib import colormaps
+
+    if image.shape[-2:] != heat.shape[-2:]:
+        raise ValueError(f"image {tuple(image.shape)} and heat map {tuple(heat.shape)} differ in size")
+    base = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
+    rgb = base.permute(1, 2, 0).cpu().numpy()
+    colours = colormaps[cmap](heat.detach().float().clamp(0, 1).cpu().numpy())[..., :3]
+    blended = (1.0 - alpha) * rgb + alpha * colours
+    return (np.clip(blended, 0.0, 1.0) * 255.0).round().astype(np.uint8)
+
+
+def save_png(array: np.ndarray, path: str | os.PathLike[str]) -> Path:
+    """Writes a uint8 (H, W, 3) or (H, W) array as a PNG."""
+    from PIL import Image
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.ascontiguousarray(array)).save(path)
+    return path
+
+
+def _resize_display(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    x = image[None].float() / 255.0
+    x = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
+    return (x[0].clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+def attention_panels(
+    model: LTPAModel,
+    image: torch.Tensor,
+    size: tuple[int, int],
+    *,
+    cam_model: LTPAModel | None = None,
+    gradcam: bool = True,
+    gradcam_backend: str = "auto",
+) -> tuple[list[tuple[str, torch.Tensor]], dict[str, Any]]:
+    """The maps of one picture, each upsampled to ``size`` and min-max scaled to [0, 1].
+
+    Panels: every attended level (named by ``attn_info``), their mean for two or more levels, the CAM of
+    ``cam_model`` (a ``vgg_gap``) and Grad-CAM of ``model``.
+
+    Returns:
+        ``(panels, prediction)``: ``[(title, heat (H, W))]`` and ``{"class": int, "probability": float}``.
+
+    Shape:
+        - image: (3, H0, W0) uint8, any size
+    """
+    x = to_model_input(image[None], int(model.img_size), model_device(model))
+    with torch.no_grad(), eval_mode(model):
+        probs = model(x).softmax(dim=1)[0]
+        maps = attention_maps(model, x)
+    label = "CAM" if map_kind(model) == "cam" else ""
+    panels = [
+        (f"{label} {level}".strip(), normalize_minmax(upsample(m.float(), size))[0].cpu())
+        for level, m in maps.items()
+    ]
+    if len(panels) >= 2:
+        panels.append(("mean", normalize_minmax(torch.stack([p for _, p in panels]).mean(dim=0)[None])[0]))
+    if cam_model is not None:
+        xc = to_model_input(image[None], int(cam_model.img_size), model_device(cam_model))
+        with torch.no_grad(), eval_mode(cam_model):
+            cam = class_activation_maps(cam_model, xc)
+        name = getattr(cam_model, "run_name", "vgg_gap")
+        panels.append((f"CAM ({name})", normalize_minmax(upsample(cam.float(), size))[0].cpu()))
+    if gradcam:
+        heat = grad_cam(model, x, backend=gradcam_backend)
+        panels.append(("Grad-CAM", normalize_minmax(upsample(heat, size))[0].cpu()))
+    top = int(probs.argmax())
+    return panels, {"class": top, "probability": float(probs[top])}
+
+
+def plot_attention_grid(
+    originals: Sequence[torch.Tensor],
+    panels: Sequence[Sequence[tuple[str, torch.Tensor]]],
+    path: str | os.PathLike[str],
+    *,
+    row_titles: Sequence[str] = (),
+    alpha: float = 0.5,
+    title: str = "",
+) -> Path:
+    """One row per picture: the original, then each map overlaid on it.
+
+    Shape:
+        - originals[i]: (3, H_i, W_i) uint8 at display size; panels[i][j][1]: (H_i, W_i) in [0, 1]
+    """
+    from matplotlib.figure import Figure
+
+    rows, cols = len(originals), 1 + max((len(p) for p in panels), default=0)
+    fig = Figure(figsize=(2.0 * cols, 2.1 * rows + (0.4 if title else 0.0)))
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for r, (image, row) in enumerate(zip(originals, panels)):
+        axes[r][0].imshow(image.permute(1, 2, 0).numpy())
+        axes[r][0].set_title(row_titles[r] if r < len(row_titles) else "image", fontsize=8)
+        for c in range(1, cols):
+            ax = axes[r][c]
+            if c - 1 < len(row):
+                name, heat = row[c - 1]
+                ax.imshow(overlay(image, heat, alpha=alpha))
+                ax.set_title(name, fontsize=8)
+        for ax in axes[r]:
+            ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return save_figure(fig, path)
+
+
+@dataclass
+class VisualizeConfig:
+    """Settings of ``ltpa visualize``.
+
+    Attributes:
+        images: image files (any size and mode); or, when empty, ``count`` images of ``data``.
+        data: dataset name used when no image file is given.
+        root: its folder.
+        split: its split.
+        count: how many of its first images.
+        data_options: further ``build_dataset`` options.
+        cam: a ``vgg_gap`` checkpoint whose CAM is shown beside the attention maps.
+        gradcam: show Grad-CAM of the model.
+        gradcam_backend: ``auto``, ``package`` or ``own``.
+        display: longer side of each picture in the figure.
+        alpha: weight of the heat colours.
+        device: ``cpu``, ``cuda`` or ``auto``.
+        which: ``last`` or ``best`` checkpoint of a run folder.
+        out: folder for ``attention.png`` and ``attention.json``.
+    """
+
+    images: list[str] = field(default_factory=list)
+    data: str | None = None
+    root: str | None = None
+    split: str = "test"
+    count: int = 8
+    data_options: dict[str, Any] = field(default_factory=dict)
+    cam: str | None = None
+    gradcam: bool = True
+    gradcam_backend: str = "auto"
+    display: int = 192
+    alpha: float = 0.5
+    device: str = "cpu"
+    which: str = "last"
+    out: str = "results/visualize"
+
+
+def _pictures(
+    config: VisualizeConfig,
+) -> tuple[list[torch.Tensor], list[str], list[str] | None, list[int | None]]:
+    """(images, sources, class names, true labels) from files or from the dataset."""
+    if config.images:
+        return (
+            [load_image(p) for p in config.images],
+            [str(p) for p in config.images],
+            None,
+            [None] * len(config.images),
+        )
+    if not config.data:
+        raise LTPAError("nothing to show; pass --images FILE... or --data NAME --count N")
+    if config.count < 1:
+        raise LTPAError(f"--count must be at least 1, got {config.count}")
+    from ltpa.data import build_dataset
+
+    dataset = build_dataset(config.data, root=config.root, split=config.split, **config.data_options)
+    n = min(config.count, len(dataset))
+    if n == 0:
+        raise LTPAError(f"{config.data} ({config.split} split) has no images to show")
+    items = [dataset[i] for i in range(n)]
+    sources = [f"{config.data}[{i}]" for i in range(n)]
+    return [item[0] for item in items], sources, list(dataset.classes), [int(item[1]) for item in items]
+
+
+def _class_names(model: LTPAModel, classes: list[str] | None) -> list[str] | None:
+    """Names of the model's outputs: from its checkpoint (a ``classes`` list in the sidecar), else the
+    dataset's when their number matches, else None (indices are shown)."""
+    saved = (getattr(model, "checkpoint", None) or {}).get("classes")
+    if isinstance(saved, list) and len(saved) == model.num_classes:
+        return [str(c) for c in saved]
+    if classes is not None and len(classes) == model.num_classes:
+        return classes
+    return None
+
+
+def run_visualize(checkpoint: str | os.PathLike[str], config: VisualizeConfig) -> Path:
+    """``ltpa visualize``: one grid figure of the model's maps (and CAM / Grad-CAM) on the pictures.
+
+    Writes ``attention.png`` and ``attention.json`` (per picture: source, size, predicted class and
+    probability, true label where known) under ``config.out``.
+
+    Returns:
+        The figure's path.
+    """
+    (model,) = load_checkpoints([checkpoint], which=config.which, device=config.device)
+    cam_model = None
+    if config.cam:
+        (cam_model,) = load_checkpoints([config.cam], which=config.which, device=config.device)
+        if map_kind(cam_model) != "cam":
+            raise LTPAError(f"--cam needs a vgg_gap checkpoint, got {cam_model.model_name} at {config.cam}")
+    images, sources, classes, labels = _pictures(config)
+    names = _class_names(model, classes)
+    originals, all_panels, titles, records = [], [], [], []
+    for image, source, label in zip(images, sources, labels):
+        size = display_size(int(image.shape[1]), int(image.shape[2]), config.display)
+        panels, pred = attention_panels(
+            model,
+            image,
+            size,
+            cam_model=cam_model,
+            gradcam=config.gradcam,
+            gradcam_backend=config.gradcam_backend,
+        )
+        shown = _resize_display(image, size)
+        originals.append(shown)
+        all_panels.append(panels)
+        pred_name = names[pred["class"]] if names else str(pred["class"])
+        true_name = None if label is None else (classes[label] if classes else str(label))
+        truth = f" (true {true_name})" if true_name is not None else ""
+        titles.append(f"{Path(source).name}: {pred_name} {100 * pred['probability']:.0f}%{truth}")
+        records.append(
+            {
+                "source": source,
+                "height": int(image.shape[1]),
+                "width": int(image.shape[2]),
+                "predicted": pred["class"],
+                "predicted_name": pred_name,
+                "probability": pred["probability"],
+                "label": label,
+                "label_name": true_name,
+                "panels": [name for name, _ in panels],
+            }
+        )
+    out = Path(config.out)
+    path = plot_attention_grid(
+        originals,
+        all_panels,
+        out / "attention.png",
+        row_titles=titles,
+        alpha=config.alpha,
+        title=model.run_name,
+    )
+    write_json(out / "attention.json", {"model": model.run_name, "images": records})
+    print(f"{model.run_name}: {len(images)} image(s), panels: {', '.join(records[0]['panels'])}")
+    print(f"wrote {path}")
+    return path

@@ -1,0 +1,62 @@
+"""The linear probe of the transfer experiment and its feature cache."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from ltpa.errors import LTPAError
+from ltpa.evaluate import fit_linear_probe
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+
+def blobs(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % 3
+    centres = torch.tensor([[4.0, 0.0, 0.0, 0.0], [0.0, 4.0, 0.0, 0.0], [0.0, 0.0, 4.0, 0.0]])
+    return centres[y] + torch.randn(n, 4, generator=g), y
+
+
+def test_probe_separates_separable_classes_and_picks_c_from_the_grid() -> None:
+    train_x, train_y = blobs(60, 0)
+    test_x, test_y = blobs(30, 1)
+    probe = fit_linear_probe(train_x, train_y, test_x, test_y, Cs=[0.01, 1.0], folds=4)
+    assert probe.accuracy >= 0.95
+    assert probe.C in (0.01, 1.0) and probe.folds == 4
+    assert (probe.n_train, probe.n_test) == (60, 30)
+
+
+def test_probe_needs_two_training_images_per_class() -> None:
+    x, y = blobs(7, 0)
+    y[-1] = 5  # a class with one image
+    with pytest.raises(LTPAError, match="at least 2 per class"):
+        fit_linear_probe(x, y, x, y)
+    with pytest.raises(LTPAError, match="single class"):
+        fit_linear_probe(x, torch.zeros(7, dtype=torch.long), x, y)
+
+
+def test_features_are_extracted_once_then_read_from_the_cache(
+    monkeypatch: pytest.MonkeyPatch, fake_image_folder: Path, tmp_path: Path
+) -> None:
+    from ltpa import create_model
+    from ltpa.evaluate import transfer
+
+    torch.manual_seed(0)
+    model = create_model("vgg", width=0.0625, num_classes=3, img_size=16).eval()
+    first = transfer.cached_features(model, "image-folder", fake_image_folder, "test", cache_dir=tmp_path)
+    assert first[0].shape == (len(first[1]), 32) and first[2] == ["one", "seven", "zero"]
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise AssertionError("features extracted twice")
+
+    monkeypatch.setattr(transfer, "extract_features", fail)
+    second = transfer.cached_features(model, "image-folder", fake_image_folder, "test", cache_dir=tmp_path)
+    assert torch.equal(first[0], second[0]) and torch.equal(first[1], second[1]) and first[2] == second[2]
+    # other weights: another cache entry
+    with torch.no_grad():
+        model.fc.bias.add_(1.0)
+    with pytest.raises(AssertionError, match="twice"):
+        transfer.cached_features(model, "image-folder", fake_image_folder, "test", cache_dir=tmp_path)
