@@ -301,3 +301,16 @@ def test_uniform_map_scores_box_area():
     maps = torch.ones(2, 8, 8)
     boxes = torch.tensor([[0, 0, 16, 16], [4, 6, 13, 30]])
     torch.testing.assert_close(attention_mass_in_box(maps, boxes, 32), torch.tensor([0.25, 9 * 24 / 1024]))
+
+
+def test_cosine_schedule_and_adamw_resume(tmp_path):
+    cfg = TrainConfig(lr=0.01, lr_schedule="cosine", warmup=0.25)
+    assert lr_at(cfg, 1, 0, 100) == pytest.approx(0.0004)
+    assert lr_at(cfg, 1, 25, 100) == pytest.approx(0.01)
+    assert lr_at(cfg, 3, 100, 100) == pytest.approx(0.0)
+    run = tiny(tmp_path, optimizer="adamw", lr=3e-3, lr_schedule="cosine", warmup=0.25)
+    ref = fit(tiny(tmp_path, name="ref", optimizer="adamw", lr=3e-3, lr_schedule="cosine", warmup=0.25))
+    with pytest.raises(KeyboardInterrupt):
+        fit(run, callbacks=[_raise_at(1, 4, KeyboardInterrupt())])
+    fit(TrainConfig(quiet=True), resume=run.out)
+    assert_same_run(run.out, ref.run_dir)

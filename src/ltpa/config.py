@@ -45,6 +45,7 @@ class TrainConfig:
     init_from: str | None = None  # checkpoint whose weights (all but the classifier) start the run
     preset: str | None = None
     # optimiser (PAPER 3.1)
+    optimizer: str = "sgd"  # sgd (the paper) | adamw (for short CPU runs such as the demo)
     epochs: int = 300
     batch_size: int = 128
     lr: float = 1.0
@@ -56,6 +57,8 @@ class TrainConfig:
     lr_milestones: list[int] = field(default_factory=lambda: list(range(25, 301, 25)))
     lr_factors: list[float] = field(default_factory=lambda: [0.5] * 12)
     reset_momentum: bool = False  # re-create the optimiser state at every milestone (the ResNet code)
+    lr_schedule: str = "step"  # step (milestones, the paper) | cosine (linear warm-up, then cosine to 0)
+    warmup: float = 0.0  # cosine: share of all steps spent warming up
     augment: str = "flip-half"  # none | flip | flip-half | crop-flip
     drop_last: bool = True
     label_smoothing: float = 0.0
@@ -215,6 +218,10 @@ def _validate(cfg: TrainConfig) -> None:
         raise LTPAError(f"epochs and batch_size must be positive (got {cfg.epochs}, {cfg.batch_size})")
     if cfg.augment not in ("none", "flip", "flip-half", "crop-flip"):
         raise LTPAError(f"unknown augment {cfg.augment!r}; choose none, flip, flip-half or crop-flip")
+    if cfg.optimizer not in ("sgd", "adamw"):
+        raise LTPAError(f"unknown optimizer {cfg.optimizer!r}; choose sgd or adamw")
+    if cfg.lr_schedule not in ("step", "cosine"):
+        raise LTPAError(f"unknown lr_schedule {cfg.lr_schedule!r}; choose step or cosine")
     if cfg.amp not in ("auto", "off", "bf16", "fp16"):
         raise LTPAError(f"unknown amp {cfg.amp!r}; choose auto, off, bf16 or fp16")
     if cfg.lr <= 0 or cfg.width <= 0:

@@ -68,9 +68,21 @@ class FitResult:
 # ----------------------------------------------------------------------------------------------- schedule
 
 
-def lr_at(cfg: TrainConfig, epoch: int, step: int) -> float:
-    """The learning rate of optimiser step ``step`` (counted over the whole run) in 1-based ``epoch``:
-    milestone factors applied at the start of their epoch, then Torch's per-step decay ``1/(1+d*t)``."""
+def lr_at(cfg: TrainConfig, epoch: int, step: int, total_steps: int | None = None) -> float:
+    """The learning rate of optimiser step ``step`` (counted over the whole run) in 1-based ``epoch``.
+
+    ``step`` schedule (the paper): milestone factors applied at the start of their epoch, then Torch's
+    per-step decay ``1/(1+d*t)``. ``cosine``: a linear warm-up over ``warmup`` of the ``total_steps``, then a
+    cosine from ``lr`` to 0.
+    """
+    if cfg.lr_schedule == "cosine":
+        if not total_steps:
+            raise ValueError("the cosine schedule needs total_steps")
+        warm = int(cfg.warmup * total_steps)
+        if step < warm:
+            return cfg.lr * (0.04 + 0.96 * step / warm)
+        progress = (step - warm) / max(1, total_steps - warm)
+        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
     lr = cfg.lr
     for milestone, factor in zip(cfg.lr_milestones, cfg.lr_factors):
         if epoch >= milestone:
@@ -205,6 +217,21 @@ def build_model(cfg: TrainConfig, num_classes: int, img_size: int) -> LTPAModel:
         return create_model(cfg.model, **kwargs)
     except TypeError as err:
         raise LTPAError(f"model {cfg.model} does not take these options: {err}") from err
+
+
+def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
+    """SGD with the config's momentum, dampening, Nesterov and weight decay (on every parameter, as Torch),
+    or AdamW (decoupled weight decay) for short runs."""
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.SGD(
+        model.parameters(),
+        lr=cfg.lr,
+        momentum=cfg.momentum,
+        dampening=cfg.dampening,
+        nesterov=cfg.nesterov,
+        weight_decay=cfg.weight_decay,
+    )
 
 
 def _init_from(model: LTPAModel, path: str) -> int:
@@ -500,14 +527,7 @@ def fit(
     model.to(device)
     if device.type == "cuda" and cfg.channels_last in ("auto", "on"):
         model.to(memory_format=torch.channels_last)
-    optimizer = torch.optim.SGD(
-        model.parameters(),
-        lr=cfg.lr,
-        momentum=cfg.momentum,
-        dampening=cfg.dampening,
-        nesterov=cfg.nesterov,
-        weight_decay=cfg.weight_decay,
-    )
+    optimizer = make_optimizer(cfg, model)
     history: list[dict[str, Any]] = []
     start_epoch, start_step, global_step = 1, 0, 0
     acc_state = {"loss_sum": 0.0, "correct": 0.0, "seen": 0, "seconds": 0.0}
@@ -560,6 +580,7 @@ def fit(
     n = len(train_x)
     per_rank = cfg.batch_size // dist_info.world
     steps = n // cfg.batch_size if cfg.drop_last else math.ceil(n / cfg.batch_size)
+    total_steps = steps * cfg.epochs
     best = max((r["test_accuracy"] for r in history), default=-1.0)
     if log:
         print(
@@ -601,7 +622,7 @@ def fit(
                             f"the last good checkpoint in {run_dir} is kept; lower --lr or check the data"
                         )
                     for group in optimizer.param_groups:
-                        group["lr"] = lr_at(cfg, epoch, global_step)
+                        group["lr"] = lr_at(cfg, epoch, global_step, total_steps)
                     optimizer.zero_grad(set_to_none=True)
                     if scaler is not None:
                         scaler.scale(loss).backward()
@@ -663,7 +684,7 @@ def fit(
                 progress.close()
                 acc_state["seconds"] += time.perf_counter() - tick
                 start_step = 0
-                row = _epoch_row(cfg, epoch, global_step, acc_state, dist_info, device)
+                row = _epoch_row(cfg, epoch, global_step, total_steps, acc_state, dist_info, device)
                 test_acc, test_loss = evaluate_accuracy(
                     train_model,
                     data.test_x,
@@ -737,6 +758,7 @@ def _epoch_row(
     cfg: TrainConfig,
     epoch: int,
     global_step: int,
+    total_steps: int,
     acc: dict[str, Any],
     dist_info: _Dist,
     device: torch.device,
@@ -753,7 +775,7 @@ def _epoch_row(
     return {
         "epoch": epoch,
         "global_step": global_step,
-        "lr": lr_at(cfg, epoch, max(global_step - 1, 0)),
+        "lr": lr_at(cfg, epoch, max(global_step - 1, 0), total_steps),
         "train_loss": round(loss_sum / max(seen, 1), 6),
         "train_accuracy": round(correct / max(seen, 1), 6),
         "seconds": round(seconds, 3),

@@ -121,7 +121,7 @@ def _dry_run(cfg: Any) -> int:
     import torch
 
     from ltpa.data import build_dataset, dataset_info
-    from ltpa.train import build_model, lr_at
+    from ltpa.train import build_model, lr_at, make_optimizer
 
     print(yaml.safe_dump(cfg.to_dict(), sort_keys=False).rstrip())
     info = dataset_info(cfg.data)
@@ -137,12 +137,9 @@ def _dry_run(cfg: Any) -> int:
         raise LTPAError(f"{cfg.data} needs its data to know the number of classes; pass --root")
     with torch.device("meta"):
         model = build_model(cfg, num_classes, img_size)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=cfg.lr, momentum=cfg.momentum, dampening=cfg.dampening,
-        nesterov=cfg.nesterov, weight_decay=cfg.weight_decay,
-    )  # fmt: skip
+    optimizer = make_optimizer(cfg, model)
     params = sum(p.numel() for p in model.parameters())
-    lrs = sorted({round(lr_at(cfg, e, 0), 10) for e in range(1, cfg.epochs + 1)}, reverse=True)
+    lrs = sorted({round(lr_at(cfg, e, 0, cfg.epochs), 10) for e in range(1, cfg.epochs + 1)}, reverse=True)
     print("# ---")
     print(f"# model: {cfg.model}, {params:,} parameters, {img_size}x{img_size}, K={num_classes}")
     print(f"# preprocess: {cfg.preprocess or info.preprocess}; data {cfg.data}: {data_line}")
