@@ -79,6 +79,7 @@ def test_run_folder_contents_and_load_model(reference):
     torch.testing.assert_close(model(x), reference.model(x))
     meta = json.loads((run / "last.json").read_text())
     assert meta["epoch"] == 2 and meta["model_name"] == "vgg_att2_concat_pc"
+    assert meta["classes"] == [str(d) for d in range(10)]
     assert reference.history[-1]["lr"] == pytest.approx(0.025)
 
 

@@ -209,7 +209,9 @@ def build_model(cfg: TrainConfig, num_classes: int, img_size: int) -> LTPAModel:
     kwargs = dict(cfg.model_kwargs)
     kwargs.setdefault("num_classes", num_classes)
     kwargs.setdefault("img_size", img_size)
-    preprocess = cfg.preprocess or dataset_info(cfg.data).preprocess
+    # Backbones from timm/torchvision bring the normalisation their (ImageNet) weights expect.
+    backbone = cfg.model.startswith(("timm/", "tv/"))
+    preprocess = cfg.preprocess or ("backbone" if backbone else dataset_info(cfg.data).preprocess)
     kwargs.setdefault("preprocess", preprocess)
     if cfg.width != 1.0:
         kwargs.setdefault("width", cfg.width)
@@ -702,12 +704,22 @@ def fit(
                         k: row[k] for k in ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
                     }
                     save_checkpoint(
-                        run_dir / "last", model, epoch=epoch, metrics=metrics, config=cfg.to_dict()
+                        run_dir / "last",
+                        model,
+                        epoch=epoch,
+                        metrics=metrics,
+                        config=cfg.to_dict(),
+                        extra={"classes": data.classes},
                     )
                     if test_acc > best:
                         best = test_acc
                         save_checkpoint(
-                            run_dir / "best", model, epoch=epoch, metrics=metrics, config=cfg.to_dict()
+                            run_dir / "best",
+                            model,
+                            epoch=epoch,
+                            metrics=metrics,
+                            config=cfg.to_dict(),
+                            extra={"classes": data.classes},
                         )
                     _save_resume(
                         run_dir / RESUME_FILE,

@@ -35,4 +35,8 @@ def models_command(args: argparse.Namespace) -> int:
         levels = ", ".join(f"{lv['name']} ({lv['channels']} @ {lv['stride']})" for lv in row["levels"]) or "-"
         print(f"{row['name']:<28} {row['params']:>12,}  {levels}")
     print(f"\n{len(rows)} models; K={args.num_classes}, {args.img_size}x{args.img_size}, width {args.width}")
+    print(
+        "Also any timm or torchvision CNN with attention: timm/<model>_att<N>[_concat|_indep]_<pc|dp|add> and "
+        "tv/<model>_att<N>..., e.g. timm/resnet50_att2_pc (see ltpa.attach)."
+    )
     return 0
