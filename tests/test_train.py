@@ -315,3 +315,18 @@ def test_cosine_schedule_and_adamw_resume(tmp_path):
         fit(run, callbacks=[_raise_at(1, 4, KeyboardInterrupt())])
     fit(TrainConfig(quiet=True), resume=run.out)
     assert_same_run(run.out, ref.run_dir)
+
+
+@pytest.mark.parametrize("name", ["vgg", "vgg_gap", "vgg_pan", "vgg_att2_concat_pc", "vgg_att3_concat_pc"])
+def test_cub_models_start_from_cifar100_weights(tmp_path, name):
+    from ltpa.train import _init_from
+
+    cifar = ltpa.create_model(name, num_classes=100, width=0.125)
+    save_checkpoint(tmp_path / "last", cifar, epoch=1)
+    cub = ltpa.create_model(name, num_classes=200, img_size=80, width=0.125)
+    loaded = _init_from(cub, str(tmp_path))  # raises unless everything but the classifier fits
+    own = cub.state_dict()
+    same = [k for k, v in cifar.state_dict().items() if k in own and own[k].shape == v.shape]
+    assert loaded == len([k for k in same if not k.startswith("preprocess.")]) > 0
+    for key in same:
+        torch.testing.assert_close(own[key], cifar.state_dict()[key], msg=key)

@@ -277,7 +277,9 @@ class VGG(LTPAModel):
         side = img_size
         for _ in range(4):
             side = -(-side // 2)
-        extra_pool: list[nn.Module] = [nn.MaxPool2d(2, 2, ceil_mode=True)] if side > 2 else []
+        # An Identity at 32x32 keeps the layer indices (and so the weight names) of the 80x80 layout, so that
+        # CUB models can start from CIFAR-100 weights (PAPER 2.3).
+        extra_pool: nn.Module = nn.MaxPool2d(2, 2, ceil_mode=True) if side > 2 else nn.Identity()
         self.features = nn.Sequential(
             b2,
             pool,
@@ -288,7 +290,7 @@ class VGG(LTPAModel):
             b10,
             pool,
             b12,
-            *extra_pool,
+            extra_pool,
             b13,
             nn.AdaptiveMaxPool2d(1),
             nn.Flatten(1),
