@@ -296,14 +296,6 @@ def test_demo_writes_summary_report_and_figures(tmp_path):
     assert ltpa.cli.main(args) == 0  # a second demo redoes its own runs
 
 
-def test_uniform_map_scores_box_area():
-    from ltpa.demo import attention_mass_in_box
-
-    maps = torch.ones(2, 8, 8)
-    boxes = torch.tensor([[0, 0, 16, 16], [4, 6, 13, 30]])
-    torch.testing.assert_close(attention_mass_in_box(maps, boxes, 32), torch.tensor([0.25, 9 * 24 / 1024]))
-
-
 def test_cosine_schedule_and_adamw_resume(tmp_path):
     cfg = TrainConfig(lr=0.01, lr_schedule="cosine", warmup=0.25)
     assert lr_at(cfg, 1, 0, 100) == pytest.approx(0.0004)

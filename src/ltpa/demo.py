@@ -23,7 +23,7 @@ from ltpa.config import TrainConfig
 from ltpa.errors import LTPAError
 from ltpa.models import LTPAModel
 
-__all__ = ["DemoConfig", "attention_mass_in_box", "run_demo"]
+__all__ = ["DemoConfig", "run_demo"]
 
 
 @dataclass
@@ -77,56 +77,26 @@ class DemoConfig:
 
 
 @torch.no_grad()
-def attention_mass_in_box(maps: torch.Tensor, boxes: torch.Tensor, img_size: int) -> torch.Tensor:
-    """Share of each attention map's mass inside the object's box.
-
-    Each map cell's mass is spread evenly over the pixels it covers (nearest upsampling divided by the cell
-    area), so a uniform map scores exactly the box's share of the canvas.
-
-    Args:
-        maps: non-negative maps (B, h, w) (normalised here to sum to 1).
-        boxes: (B, 4) pixel boxes ``x0, y0, x1, y1`` with exclusive ends.
-        img_size: canvas side.
-
-    Returns:
-        (B,) shares in [0, 1].
-    """
-    a = maps.float() / maps.float().sum(dim=(1, 2), keepdim=True).clamp_min(1e-12)
-    up = F.interpolate(a[:, None], size=(img_size, img_size), mode="nearest")[:, 0]  # (B, S, S)
-    up = up / up.sum(dim=(1, 2), keepdim=True).clamp_min(1e-12)
-    ys = torch.arange(img_size, device=maps.device)[None, :, None]
-    xs = torch.arange(img_size, device=maps.device)[None, None, :]
-    x0, y0, x1, y1 = (boxes[:, i, None, None] for i in range(4))
-    inside = (xs >= x0) & (xs < x1) & (ys >= y0) & (ys < y1)  # (B, S, S)
-    return (up * inside).sum(dim=(1, 2))
-
-
 def _evaluate(
-    model: LTPAModel, images: torch.Tensor, labels: torch.Tensor, boxes: torch.Tensor
+    model: LTPAModel, images: torch.Tensor, labels: torch.Tensor, masks: torch.Tensor
 ) -> dict[str, Any]:
+    """Test accuracy, and per level the mean share of the attention map inside the object's box, scored as
+    ``ltpa localize`` does (bilinear upsampling to the image, the map read as a distribution)."""
+    from ltpa.evaluate import localization_scores, upsample
+
     model.eval()
     device = next(model.parameters()).device
-    correct, mass = 0, None
+    side = images.shape[-1]
+    correct, mass = 0, torch.zeros(len(model.attn_info), dtype=torch.float64)
     for start in range(0, len(images), 250):
         x = images[start : start + 250].to(device).float() / 255.0
         out = model.forward_attention(x)
         correct += int((out.logits.argmax(1).cpu() == labels[start : start + 250]).sum())
-        shares = (
-            torch.stack(
-                [
-                    attention_mass_in_box(a, boxes[start : start + 250].to(device), images.shape[-1])
-                    for a in out.maps
-                ]
-            ).sum(1)
-            if out.maps
-            else torch.zeros(0)
-        )
-        mass = shares.cpu() if mass is None else mass + shares.cpu()
+        for level, a in enumerate(out.maps):
+            scores = localization_scores(upsample(a.cpu(), side), masks[start : start + 250])
+            mass[level] += scores["mass_in_box"].double().sum()
     n = len(images)
-    return {
-        "test_accuracy": correct / n,
-        "attention_mass_in_box": [round(float(m) / n, 4) for m in (mass if mass is not None else [])],
-    }
+    return {"test_accuracy": correct / n, "attention_mass_in_box": [round(float(m) / n, 4) for m in mass]}
 
 
 def _figure_maps(models: dict[str, LTPAModel], images: torch.Tensor, boxes: torch.Tensor, path: Path) -> None:
@@ -238,7 +208,7 @@ def run_demo(cfg: DemoConfig | None = None) -> dict[str, Any]:
     side = images.shape[-1]
     box_area = ((boxes[:, 2] - boxes[:, 0]) * (boxes[:, 3] - boxes[:, 1])).float() / (side * side)
     for name, model in models.items():
-        res = _evaluate(model, images, labels, boxes)
+        res = _evaluate(model, images, labels, masks)
         res["params"] = sum(p.numel() for p in model.parameters())
         res["train_seconds"] = round(train_seconds[name], 1)
         results[name] = res
