@@ -43,7 +43,7 @@ from ltpa.config import TrainConfig
 from ltpa.errors import LTPAError
 from ltpa.models import LTPAModel, create_model
 
-__all__ = ["FitResult", "build_model", "evaluate_accuracy", "fit", "lr_at"]
+__all__ = ["FitResult", "build_model", "fit", "lr_at", "make_optimizer"]
 
 RESUME_FILE = "resume.safetensors"
 
@@ -270,7 +270,7 @@ def _classifier_names(model: LTPAModel) -> Iterator[tuple[str, torch.Tensor]]:
 
 
 @torch.no_grad()
-def evaluate_accuracy(
+def _test_metrics(
     model: nn.Module,
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -280,9 +280,9 @@ def evaluate_accuracy(
     amp_dtype: torch.dtype | None = None,
     dist_info: _Dist | None = None,
 ) -> tuple[float, float]:
-    """Top-1 accuracy and mean cross-entropy of ``model`` (eval mode) on uint8 or [0, 1] ``images``.
-
-    Under DDP each process evaluates its share and the sums are all-reduced.
+    """Top-1 accuracy and mean cross-entropy of ``model`` (eval mode) on uint8 or [0, 1] ``images``, for the
+    per-epoch test line. Unlike ``ltpa.evaluate.evaluate_accuracy`` (full report of a loaded checkpoint), each
+    DDP process evaluates its share here and the sums are all-reduced.
     """
     dist_info = dist_info or _Dist()
     device = torch.device(device)
@@ -687,7 +687,7 @@ def fit(
                 acc_state["seconds"] += time.perf_counter() - tick
                 start_step = 0
                 row = _epoch_row(cfg, epoch, global_step, total_steps, acc_state, dist_info, device)
-                test_acc, test_loss = evaluate_accuracy(
+                test_acc, test_loss = _test_metrics(
                     train_model,
                     data.test_x,
                     data.test_y,
