@@ -26,6 +26,7 @@ from ltpa.errors import LTPAError
 from ltpa.models import LTPAModel
 
 __all__ = [
+    "MASK_DATASETS",
     "EvalData",
     "batch_slices",
     "check_classes",
@@ -34,6 +35,7 @@ __all__ = [
     "eval_mode",
     "load_checkpoints",
     "load_eval_data",
+    "masked_data",
     "model_device",
     "progress_bar",
     "resolve_device",
@@ -272,3 +274,34 @@ def data_for_models(
             check_classes(model, cache[key])
         out.append(cache[key])
     return out
+
+
+MASK_DATASETS: tuple[str, ...] = ("object-discovery", "cluttered-digits", "cluttered-fashion")
+
+
+def masked_data(models: Sequence[LTPAModel], config: Any, command: str) -> tuple[EvalData, torch.Tensor, int]:
+    """The evaluation set with ground-truth masks, read once at the side where ``segment`` and ``localize``
+    compare maps and masks (``config.size``, default the largest model input), its masks, and that side.
+
+    ``config`` carries ``data``, ``root``, ``split``, ``limit``, ``data_options``, ``size`` and ``progress``.
+
+    Raises:
+        LTPAError: for a dataset without masks, naming the ones that have them.
+    """
+    size = config.size or max(int(m.img_size) for m in models)
+    data = data_for_models(
+        models[:1],
+        config.data,
+        config.root,
+        split=config.split,
+        limit=config.limit,
+        options=config.data_options,
+        img_size=size,
+        progress=config.progress,
+        labelled=False,
+    )[0]
+    if data.masks is None:
+        raise LTPAError(
+            f"{config.data} has no ground-truth masks; {command} needs one of {', '.join(MASK_DATASETS)}"
+        )
+    return data, data.masks, size

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from ltpa.errors import LTPAError
-from ltpa.evaluate._data import data_for_models, load_checkpoints
+from ltpa.evaluate._data import load_checkpoints, masked_data
 from ltpa.evaluate._maps import as_distribution, compute_maps, gaussian_prior, uniform_map
 from ltpa.evaluate._results import format_table, save_figure, write_csv, write_json
 
@@ -173,27 +173,11 @@ def run_localize(checkpoints: Sequence[str | os.PathLike[str]], config: Localize
         The ``localize.json`` content.
     """
     models = load_checkpoints(checkpoints, which=config.which, device=config.device)
-    size = config.size or max(int(m.img_size) for m in models)
-    data = data_for_models(
-        models[:1],
-        config.data,
-        config.root,
-        split=config.split,
-        limit=config.limit,
-        options=config.data_options,
-        img_size=size,
-        progress=config.progress,
-        labelled=False,
-    )[0]
-    if data.masks is None:
-        raise LTPAError(
-            f"{config.data} has no ground-truth masks; localize needs cluttered-digits, cluttered-fashion or "
-            "object-discovery"
-        )
-    keep = data.masks.flatten(1).any(dim=1)
+    data, all_masks, size = masked_data(models, config, "localize")
+    keep = all_masks.flatten(1).any(dim=1)
     if not bool(keep.any()):
         raise LTPAError(f"every mask of {config.data} is empty; nothing to localise")
-    images, masks = data.images[keep], data.masks[keep]
+    images, masks = data.images[keep], all_masks[keep]
     rows: list[dict[str, Any]] = []
     for model in models:
         maps = compute_maps(

@@ -28,7 +28,7 @@ from typing import Any
 import torch
 
 from ltpa.errors import LTPAError
-from ltpa.evaluate._data import EvalData, data_for_models, load_checkpoints
+from ltpa.evaluate._data import MASK_DATASETS, EvalData, load_checkpoints, masked_data
 from ltpa.evaluate._maps import compute_maps, gaussian_prior, normalize_minmax, uniform_map
 from ltpa.evaluate._results import format_table, save_figure, write_csv
 from ltpa.evaluate.accuracy import safe_filename
@@ -61,7 +61,6 @@ IMAGE_COLUMNS: tuple[str, ...] = (
     "jaccard",
 )
 THRESHOLD_RULES: tuple[str, ...] = ("fixed", "otsu", "oracle")
-MASK_DATASETS: tuple[str, ...] = ("object-discovery", "cluttered-digits", "cluttered-fashion")
 BASELINE = "baseline"  # the model column of the model-free baselines
 
 
@@ -343,23 +342,7 @@ def run_segment(checkpoints: Sequence[str | os.PathLike[str]], config: SegmentCo
     models = load_checkpoints(checkpoints, which=config.which, device=config.device)
     if not 0.0 <= config.threshold <= 1.0:
         raise LTPAError(f"the fixed threshold applies to maps scaled to [0, 1]; got {config.threshold}")
-    size = config.size or max(int(m.img_size) for m in models)
-    data = data_for_models(
-        models[:1],
-        config.data,
-        config.root,
-        split=config.split,
-        limit=config.limit,
-        options=config.data_options,
-        img_size=size,
-        progress=config.progress,
-        labelled=False,
-    )[0]
-    if data.masks is None:
-        raise LTPAError(
-            f"{config.data} has no ground-truth masks; segment needs one of {', '.join(MASK_DATASETS)}"
-        )
-    masks = data.masks
+    data, masks, size = masked_data(models, config, "segment")
     out = Path(config.out)
     rows: list[dict[str, Any]] = []
     image_rows: list[dict[str, Any]] = []
