@@ -60,3 +60,30 @@ def test_features_are_extracted_once_then_read_from_the_cache(
         model.fc.bias.add_(1.0)
     with pytest.raises(AssertionError, match="twice"):
         transfer.cached_features(model, "image-folder", fake_image_folder, "test", cache_dir=tmp_path)
+
+
+def test_a_shared_data_cache_reads_each_split_once_for_several_models(
+    monkeypatch: pytest.MonkeyPatch, fake_image_folder: Path, tmp_path: Path
+) -> None:
+    from ltpa import create_model
+    from ltpa.evaluate import transfer
+
+    reads: list[str] = []
+    real = transfer.load_eval_data
+
+    def counting(name: str, *args: object, **kwargs: object) -> object:
+        reads.append(str(kwargs.get("split")))
+        return real(name, *args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(transfer, "load_eval_data", counting)
+    shared: dict[str, transfer.EvalData] = {}
+    feats = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        model = create_model("vgg", width=0.0625, num_classes=3, img_size=16).eval()
+        model.run_name = f"m{seed}"
+        for split in ("train", "test"):
+            kw = {"cache_dir": tmp_path, "data_cache": shared}
+            feats.append(transfer.cached_features(model, "image-folder", fake_image_folder, split, **kw)[0])
+    assert reads == ["train", "test"]  # the second model reuses both splits
+    assert not torch.equal(feats[1], feats[3])  # but extracts its own features

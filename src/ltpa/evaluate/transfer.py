@@ -100,10 +100,13 @@ def cached_features(
     options: dict[str, Any] | None = None,
     batch_size: int = 256,
     progress: bool | None = None,
+    data_cache: dict[str, EvalData] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Features and labels of one split, read from ``cache_dir`` or extracted once and stored there.
 
     The cache key covers the weights, the dataset, its root, split, options, limit and the input side.
+    ``data_cache`` (any dict, shared across calls) keeps the images read for one model for the next, so
+    that several models read (or generate) each split once.
 
     Returns:
         ``(features (N, F), labels (N,), classes)``.
@@ -133,15 +136,20 @@ def cached_features(
             raise LTPAError(
                 f"feature cache {path} is unreadable ({err}); delete it to extract again"
             ) from err
-    loaded: EvalData = load_eval_data(
-        data,
-        root,
-        split=split,
-        img_size=model.img_size,
-        limit=limit,
-        options=options,
-        progress=progress,
-    )
+    data_key = json.dumps({k: v for k, v in key.items() if k != "model"}, sort_keys=True, default=str)
+    loaded = (data_cache or {}).get(data_key)
+    if loaded is None:
+        loaded = load_eval_data(
+            data,
+            root,
+            split=split,
+            img_size=model.img_size,
+            limit=limit,
+            options=options,
+            progress=progress,
+        )
+        if data_cache is not None:
+            data_cache[data_key] = loaded
     feats = extract_features(model, loaded.images, batch_size=batch_size, progress=progress)
     labels = loaded.labels.clone()
     tensors = {"features": feats.contiguous(), "labels": labels.contiguous()}
@@ -306,6 +314,7 @@ def run_transfer(
     rows: list[dict[str, Any]] = []
     details: list[dict[str, Any]] = []
     for name, root in config.datasets:
+        data_cache: dict[str, EvalData] = {}  # one dataset's splits at a time, shared by the models
         for model in models:
             common: dict[str, Any] = {
                 "cache_dir": cache,
@@ -313,6 +322,7 @@ def run_transfer(
                 "options": config.data_options,
                 "batch_size": config.batch_size,
                 "progress": config.progress,
+                "data_cache": data_cache,
             }
             train_x, train_y, classes = cached_features(model, name, root, config.train_split, **common)
             test_x, test_y, _ = cached_features(model, name, root, config.test_split, **common)
