@@ -108,7 +108,7 @@ SUITES: dict[str, Suite] = {
 # evaluation settings (images are the first N of each test split)
 ATTACK_LIMIT = 500
 FGSM_EPS = "0,1,2,4,8"
-PGD_EPS = "1,2,4,8"
+PGD_EPS = "1,2,4"
 PGD_STEPS = 5
 MAP_LIMIT = 1000
 TRANSFER_LIMIT = 1000
