@@ -273,6 +273,19 @@ def _colours(labels: Sequence[str]) -> list[str]:
     ]
 
 
+def _map_colours(labels: Sequence[str]) -> list[str]:
+    """Bar colours of map labels such as ``"att2-pc attn"``, ``"pan attn"``, ``"gap CAM"``, ``"vgg Grad-CAM"``."""
+    out = []
+    for lab in labels:
+        if lab.replace("\n", " ").endswith("attn"):
+            out.append("tab:green" if lab.startswith("pan") else "tab:orange")
+        elif lab.replace("\n", " ").endswith(" CAM") and "Grad" not in lab:
+            out.append("tab:blue")
+        else:
+            out.append("tab:grey")
+    return out
+
+
 # ---------------------------------------------------------------------------------------------- report
 
 
@@ -506,14 +519,13 @@ def write_report(out: Path, docs: Path, *, seeds: Sequence[int], scale: float = 
     md.append(table(["model", "level", "mass in box (%)", "pointing (%)"], level_rows, "llrr"))
     fig, ax = plt.subplots(figsize=(11, 3.8))
     labels = [r[0] for r in loc_rows]
-    cols = [
-        "tab:orange" if "attn" in lab else "tab:blue" if "CAM" in lab and "Grad" not in lab else "tab:grey"
-        for lab in labels
-    ]
+    cols = _map_colours(labels)
     _bars(ax, labels, [r[1] for r in loc_rows], colour=cols)
     ax.set_xticklabels([lab.replace("\n", " ") for lab in labels], rotation=40, ha="right", fontsize=7)
     ax.set_ylabel("map mass inside the object box (%)")
-    ax.set_title("localisation on cluttered-fashion (orange: attention, blue: CAM, grey: Grad-CAM / priors)")
+    ax.set_title(
+        "localisation on cluttered-fashion (orange: attention, green: PAN, blue: CAM, grey: Grad-CAM, priors)"
+    )
     fig.tight_layout()
     fig.savefig(figures / "results_localize.png", dpi=110)
     plt.close(fig)
@@ -604,17 +616,12 @@ def write_report(out: Path, docs: Path, *, seeds: Sequence[int], scale: float = 
     md.append(table(["model", "level", "fixed (%)", "Otsu (%)", "oracle (%)"], level_rows, "llrrr"))
     fig, ax = plt.subplots(figsize=(11, 3.8))
     labels = [r[0] for r in seg_rows]
-    cols = [
-        "tab:orange"
-        if "attn" in lab
-        else "tab:blue"
-        if lab.endswith(" CAM") and "Grad" not in lab
-        else "tab:grey"
-        for lab in labels
-    ]
+    cols = _map_colours(labels)
     _bars(ax, labels, [r[1] for r in seg_rows], colour=cols)
     ax.set_ylabel("Jaccard, Otsu threshold (%)")
-    ax.set_title("segmentation on cluttered-fashion (orange: attention, blue: CAM, grey: Grad-CAM / priors)")
+    ax.set_title(
+        "segmentation on cluttered-fashion (orange: attention, green: PAN, blue: CAM, grey: Grad-CAM, priors)"
+    )
     fig.tight_layout()
     fig.savefig(figures / "results_segment.png", dpi=110)
     plt.close(fig)
