@@ -447,6 +447,24 @@ def write_report(out: Path, docs: Path, *, seeds: Sequence[int], scale: float = 
     claims.append(
         ("... and still when the baseline gets the same training FLOPs", v, "5 models, Fashion-MNIST")
     )
+    md.append(
+        "A second control, in both suites: VGG-GAP has the attention VGG's trunk (the same two max-pools "
+        "removed, the same FLOPs) and pools it globally instead of attending (PAPER 2.5). Attention models "
+        "against it (accuracy %, Δ with Welch's p):\n"
+    )
+    rows = []
+    outcomes_trunk = []
+    for label in ATTENTION:
+        cells = []
+        for suite in ("fashion", "cluttered"):
+            a, g = acc(suite, label), acc(suite, "gap")
+            cells.append(diff_cell(a, g))
+            outcomes_trunk.append(compare(a, g))
+        rows.append([NAMES[label], *cells])
+    md.append(table(["model", "Δ vs VGG-GAP, Fashion-MNIST", "Δ vs VGG-GAP, cluttered-fashion"], rows))
+    v = verdict(outcomes_trunk)
+    md.append(f"\nAttention against the same trunk without attention: {v}.\n")
+    claims.append(("... and against the same trunk without attention (VGG-GAP)", v, "5 models x 2 suites"))
 
     # ------------------------------------------------------------------ 3. Fashion-MNIST vs published
     md.append("## 3. Fashion-MNIST against published figures\n")
