@@ -23,6 +23,7 @@ measured, the estimated wall time of the paper's recipes on this device (steps x
 from __future__ import annotations
 
 import argparse
+import math
 import platform
 import shlex
 import sys
@@ -36,6 +37,7 @@ import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 import ltpa
+from ltpa.attention import LinearAttention
 from ltpa.system import describe_device
 
 DEFAULT_MODELS = ["vgg", "vgg_gap", "vgg_pan", "vgg_att2_concat_pc", "vgg_att3_concat_pc"]
@@ -130,7 +132,8 @@ def bench_model(name: str, width: float, batch: int, reps: int, device: torch.de
     captured: list[tuple[torch.nn.Module, tuple[torch.Tensor, ...]]] = []
     handles = [
         m.register_forward_hook(lambda mod, inp, out: captured.append((mod, tuple(t.detach() for t in inp))))
-        for m in getattr(model, "attention", [])
+        for m in model.modules()
+        if isinstance(m, LinearAttention)
     ]
     model(x)
     for h in handles:
@@ -142,7 +145,7 @@ def bench_model(name: str, width: float, batch: int, reps: int, device: torch.de
             g_a, a = mod(*ins)
             (g_a.sum() + a.sum()).backward()
 
-    attn_seconds = _time(attention_only, device, reps) if captured else 0.0
+    attn_seconds = _time(attention_only, device, reps) if captured else float("nan")
 
     model.eval()
 
@@ -168,6 +171,10 @@ def bench_model(name: str, width: float, batch: int, reps: int, device: torch.de
     }
 
 
+def _share(value: float) -> str:
+    return "-" if math.isnan(value) else f"{value:.1%}"
+
+
 def _duration(seconds: float) -> str:
     if seconds < 3600:
         return f"{seconds / 60:.0f} min"
@@ -179,9 +186,9 @@ def _duration(seconds: float) -> str:
 def render(results: list[dict[str, Any]], peak: float, device: torch.device, args: argparse.Namespace) -> str:
     """The Markdown page: set-up, the table, the recipe-time estimates and a computed reading."""
     memory = (
-        "CUDA allocator's peak during a step"
+        "the CUDA allocator's peak during a step"
         if device.type == "cuda"
-        else "memory a step holds at once (weights, gradients, momentum, saved activations)"
+        else "what a step holds at once (weights, gradients, momentum, saved activations)"
     )
     lines = [
         "# Throughput benchmark",
@@ -202,7 +209,8 @@ def render(results: list[dict[str, Any]], peak: float, device: torch.device, arg
         "Columns: *train* is a full SGD step (forward, backward, update) and *infer* an eval-mode forward "
         "without autograd; GFLOP are counted by `torch.utils.flop_counter`; *of peak* divides the training "
         "step's achieved rate by the matmul peak; *attention share* is the attention modules' forward and "
-        f"backward, timed alone on their step inputs, over the step; *memory* is the {memory}, for the whole "
+        f"backward, timed alone on their step inputs, over the step (for PAN its level-2 module; the level-1 gate is "
+        f"scored inside the trunk; `-`: no attention); *memory* is {memory}, for the whole "
         "batch.",
         "",
         "| model | width | params | train img/s | train GFLOP/img | GFLOP/s | of peak | infer img/s "
@@ -213,7 +221,7 @@ def render(results: list[dict[str, Any]], peak: float, device: torch.device, arg
         lines.append(
             f"| `{r['model']}` | {r['width']:g} | {r['params']:,} | {r['images_per_s']:.1f} | "
             f"{r['gflop_per_image']:.3f} | {r['gflops']:.1f} | {r['gflops'] / peak:.0%} | "
-            f"{r['infer_images_per_s']:.1f} | {r['infer_gflop_per_image']:.3f} | {r['attention_share']:.1%} | "
+            f"{r['infer_images_per_s']:.1f} | {r['infer_gflop_per_image']:.3f} | {_share(r['attention_share'])} | "
             f"{r['memory_mib']:.0f} |"
         )
     full = [r for r in results if r["width"] == 1.0]
@@ -248,7 +256,7 @@ def render(results: list[dict[str, Any]], peak: float, device: torch.device, arg
             ratios = ", ".join(
                 f"`{r['model']}` {r['gflop_per_image'] / base['gflop_per_image']:.1f}x" for r in others
             )
-            shares = [r["attention_share"] for r in others if r["attention_share"] > 0]
+            shares = [r["attention_share"] for r in others if not math.isnan(r["attention_share"])]
             share = (
                 f"; attention modules take {min(shares):.1%}-{max(shares):.1%} of a step" if shares else ""
             )
@@ -285,7 +293,7 @@ def main() -> None:
             r = bench_model(name, width, args.batch, args.reps, device)
             print(
                 f"{name} width {width:g}: train {r['images_per_s']:.1f} img/s ({r['gflops'] / peak:.0%} of peak), "
-                f"infer {r['infer_images_per_s']:.1f} img/s, attention {r['attention_share']:.1%}, "
+                f"infer {r['infer_images_per_s']:.1f} img/s, attention {_share(r['attention_share'])}, "
                 f"memory {r['memory_mib']:.0f} MiB",
                 flush=True,
             )
