@@ -206,12 +206,14 @@ class Results:
 
 
 def model_cost(label: str) -> dict[str, float]:
-    """Parameters, forward GFLOP per image and training-step (forward + backward) GFLOP per image."""
+    """Parameters, forward and training-step (forward + backward) GFLOP per image, and the side of the map
+    Grad-CAM explains (its target layer's output on a 32x32 image)."""
     import torch
     import torch.nn.functional as F
     from torch.utils.flop_counter import FlopCounterMode
 
     import ltpa
+    from ltpa.evaluate import gradcam_target_layer
 
     name, width = MODELS[label]
     model = ltpa.create_model(name, width=width, num_classes=10)
@@ -222,10 +224,16 @@ def model_cost(label: str) -> dict[str, float]:
     model.train()
     with FlopCounterMode(display=False) as step:
         F.cross_entropy(model(x), torch.tensor([0, 1])).backward()
+    sides: list[int] = []
+    hook = gradcam_target_layer(model).register_forward_hook(lambda m, i, o: sides.append(int(o.shape[-1])))
+    with torch.no_grad():
+        model(x)
+    hook.remove()
     return {
         "params": float(sum(p.numel() for p in model.parameters())),
         "gflop_forward": fwd.get_total_flops() / 2 / 1e9,
         "gflop_train": step.get_total_flops() / 2 / 1e9,
+        "gradcam_side": float(sides[0]),
     }
 
 
@@ -445,7 +453,11 @@ def write_report(out: Path, docs: Path, *, seeds: Sequence[int], scale: float = 
     v = verdict(outcomes_matched)
     md.append(f"**Is the gain attention or compute?** Attention models vs the compute-matched VGG: {v}.\n")
     claims.append(
-        ("... and still when the baseline gets the same training FLOPs", v, "5 models, Fashion-MNIST")
+        (
+            "... accuracy: and still when the baseline gets the same training FLOPs",
+            v,
+            "5 models, Fashion-MNIST",
+        )
     )
     md.append(
         "A second control, in both suites: VGG-GAP has the attention VGG's trunk (the same two max-pools "
@@ -464,7 +476,9 @@ def write_report(out: Path, docs: Path, *, seeds: Sequence[int], scale: float = 
     md.append(table(["model", "Δ vs VGG-GAP, Fashion-MNIST", "Δ vs VGG-GAP, cluttered-fashion"], rows))
     v = verdict(outcomes_trunk)
     md.append(f"\nAttention against the same trunk without attention: {v}.\n")
-    claims.append(("... and against the same trunk without attention (VGG-GAP)", v, "5 models x 2 suites"))
+    claims.append(
+        ("... accuracy: against the same trunk without attention (VGG-GAP)", v, "5 models x 2 suites")
+    )
 
     # ------------------------------------------------------------------ 3. Fashion-MNIST vs published
     md.append("## 3. Fashion-MNIST against published figures\n")
@@ -549,20 +563,38 @@ def write_report(out: Path, docs: Path, *, seeds: Sequence[int], scale: float = 
     plt.close(fig)
     md.append("\n![localisation](figures/results_localize.png)\n")
     outcomes = []
+    vs_gradcam = []
     for label in ATTENTION:
         for key in ("mass_in_box", "pointing_accuracy"):
             a = loc(label, "mean", key)
-            outcomes += [compare(a, loc("gap", "conv13", key)), compare(a, loc("vgg", "gradcam", key))]
+            outcomes.append(compare(a, loc("gap", "conv13", key)))
+            vs_gradcam.append(compare(a, loc("vgg", "gradcam", key)))
+    md.append(
+        f"Grad-CAM explains a model's last conv block: {costs['vgg']['gradcam_side']:.0f}x"
+        f"{costs['vgg']['gradcam_side']:.0f} in the baseline VGG (four max-pools precede it) and "
+        f"{costs['att2-pc']['gradcam_side']:.0f}x{costs['att2-pc']['gradcam_side']:.0f} in the GAP and attention "
+        "trunk, so the baseline's Grad-CAM is close to a uniform map here. The GAP model's CAM, on the same trunk "
+        "as the attention models, is the like-for-like comparison.\n"
+    )
+    v_gradcam = verdict(vs_gradcam)
     v = verdict(outcomes)
     md.append(
         f"**Claim: attention maps highlight the object better than other CNN maps.** Attention (mean of levels) "
-        f"against the GAP model's CAM and the baseline's Grad-CAM, on mass in box and pointing: {v}.\n"
+        f"against the GAP model's CAM, on mass in box and pointing: {v}. Against the baseline's Grad-CAM: "
+        f"{v_gradcam}.\n"
     )
     claims.append(
         (
-            "Attention maps find the object better than CAM and Grad-CAM (PAPER 4.3, 4.5)",
+            "Attention maps find the object better than the baseline's Grad-CAM (PAPER 4.3, 4.5)",
+            v_gradcam,
+            "5 models x 2 metrics",
+        )
+    )
+    claims.append(
+        (
+            "... localisation: and better than CAM on the same trunk (VGG-GAP)",
             v,
-            "5 models x 2 maps x 2 metrics",
+            "5 models x 2 metrics",
         )
     )
 
@@ -651,25 +683,24 @@ def write_report(out: Path, docs: Path, *, seeds: Sequence[int], scale: float = 
             f"Examples (seed {seeds[0]}, (VGG-att2)-concat-pc; written by `ltpa segment`):\n\n"
             "![segmentation examples](figures/results_segment_examples.png)\n"
         )
-    outcomes = []
+    outcomes, vs_gradcam = [], []
     for label in ATTENTION:
         a = seg(label, "attention", "mean", "otsu")
-        outcomes += [
-            compare(a, seg("gap", "cam", None, "otsu")),
-            compare(a, seg("vgg", "gradcam", None, "otsu")),
-        ]
-    v = verdict(outcomes)
+        outcomes.append(compare(a, seg("gap", "cam", None, "otsu")))
+        vs_gradcam.append(compare(a, seg("vgg", "gradcam", None, "otsu")))
+    v, v_gradcam = verdict(outcomes), verdict(vs_gradcam)
     md.append(
         f"**Claim: binarised attention maps segment better than other CNN maps.** Attention (mean of levels, "
-        f"Otsu) against CAM and the baseline's Grad-CAM: {v}.\n"
+        f"Otsu) against the baseline's Grad-CAM: {v_gradcam}. Against CAM on the same trunk: {v}.\n"
     )
     claims.append(
         (
-            "Binarised attention maps segment better than CAM and Grad-CAM (PAPER 4.3)",
-            v,
-            "5 models x 2 maps, Otsu",
+            "Binarised attention maps segment better than the baseline's Grad-CAM (PAPER 4.3)",
+            v_gradcam,
+            "5 models, Otsu",
         )
     )
+    claims.append(("... segmentation: and better than CAM on the same trunk (VGG-GAP)", v, "5 models, Otsu"))
 
     # ------------------------------------------------------------------ 6. robustness
     md.append("## 6. Robustness to FGSM and PGD\n")
@@ -691,6 +722,7 @@ def write_report(out: Path, docs: Path, *, seeds: Sequence[int], scale: float = 
     panels = [("fashion", "fgsm", fgsm_eps), ("fashion", "pgd", pgd_eps), ("cluttered", "fgsm", fgsm_eps)]
     outcomes: list[str] = []
     fooling: list[str] = []
+    vs_gap: list[str] = []
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for ax, (suite, method, grid) in zip(axes, panels, strict=True):
         rows = []
@@ -714,6 +746,11 @@ def write_report(out: Path, docs: Path, *, seeds: Sequence[int], scale: float = 
             if label in ATTENTION:
                 outcomes += [
                     compare(s, att(suite, method, "vgg", e))
+                    for s, e in zip(stats, grid, strict=True)
+                    if e > 0
+                ]
+                vs_gap += [
+                    compare(s, att(suite, method, "gap", e))
                     for s, e in zip(stats, grid, strict=True)
                     if e > 0
                 ]
@@ -751,7 +788,12 @@ def write_report(out: Path, docs: Path, *, seeds: Sequence[int], scale: float = 
         "By fooling rate instead (the share of images whose prediction the attack changes, which does not "
         f"reward a higher clean accuracy; lower is more robust), the same comparisons: {v}.\n"
     )
-    claims.append(("... measured by fooling rate instead of accuracy", v, "5 models x eps grid"))
+    claims.append(("... robustness: measured by fooling rate instead of accuracy", v, "5 models x eps grid"))
+    v = verdict(vs_gap)
+    md.append(f"Accuracy under attack against VGG-GAP (the same trunk without attention) instead: {v}.\n")
+    claims.append(
+        ("... robustness: against the same trunk without attention (VGG-GAP)", v, "5 models x eps grid")
+    )
 
     # ------------------------------------------------------------------ 7. transfer
     md.append("## 7. Transfer: linear probes on frozen features\n")
@@ -770,6 +812,7 @@ def write_report(out: Path, docs: Path, *, seeds: Sequence[int], scale: float = 
         )
 
     outcomes = []
+    vs_gap = []
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8))
     for ax, suite in zip(axes, (fashion, cluttered), strict=True):
         targets = TRANSFER_TARGETS[suite.name]
@@ -778,6 +821,7 @@ def write_report(out: Path, docs: Path, *, seeds: Sequence[int], scale: float = 
             rows.append([NAMES[label], *(tr(suite.name, label, t).fmt() for t in targets)])
             if label in ATTENTION:
                 outcomes += [compare(tr(suite.name, label, t), tr(suite.name, "vgg", t)) for t in targets]
+                vs_gap += [compare(tr(suite.name, label, t), tr(suite.name, "gap", t)) for t in targets]
         md.append(f"\nTrained on {suite.data}:\n")
         md.append(table(["model", *targets], rows))
         width = 0.8 / len(targets)
@@ -808,6 +852,11 @@ def write_report(out: Path, docs: Path, *, seeds: Sequence[int], scale: float = 
     claims.append(
         ("Attention features transfer better to unseen datasets (PAPER 4.2)", v, "5 models x 4 targets")
     )
+    v = verdict(vs_gap)
+    md.append(f"Against VGG-GAP (the same trunk without attention) instead: {v}.\n")
+    claims.append(
+        ("... transfer: against the same trunk without attention (VGG-GAP)", v, "5 models x 4 targets")
+    )
 
     # ------------------------------------------------------------------ assemble
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d")
@@ -831,7 +880,7 @@ def write_report(out: Path, docs: Path, *, seeds: Sequence[int], scale: float = 
         "with care and the verdicts as the summary.\n",
         "## Set-up\n",
         f"* Run {stamp} by `bash scripts/reproduce_cpu.sh` on {describe_device('cpu')}, torch {torch.__version__}; "
-        f"each command ran on one thread, two at a time. Command time summed per stage: {seconds}. Every "
+        f"each command ran on one thread, two at a time. Wall time: {_stage_wall(out / 'reproduce.log')}; command time summed per stage: {seconds}. Every "
         "command with its exit status and duration: [results/commands.txt](results/commands.txt); per-run "
         "numbers: [results/](results/).",
         f"* Seeds {', '.join(map(str, seeds))} for every model (the seed sets initialisation and batch order; "
@@ -864,6 +913,22 @@ def write_report(out: Path, docs: Path, *, seeds: Sequence[int], scale: float = 
     page.write_text("\n".join([*head, *md, *tail]))
     print(f"wrote {page}, {tables}/ and {figures}/results_*.png")
     return page
+
+
+def _stage_wall(log: Path) -> str:
+    """Wall time per stage from the runner's log (``reproduce_cpu.sh`` tees it to ``<out>/reproduce.log``)."""
+    if not log.exists():
+        return "not recorded"
+    stages: list[float] = []
+    for line in log.read_text().splitlines():
+        if " commands to run, " in line:
+            stages.append(0.0)
+        elif line.startswith("[") and " min] " in line and stages:
+            stages[-1] = float(line.split("]")[0].split()[-2])
+    names = ["training", "evaluation"] + [f"stage {i}" for i in range(3, len(stages) + 1)]
+    # a rerun that found everything done adds a zero stage; keep the stages that ran something
+    ran = [(n, m) for n, m in zip(names, [m for m in stages if m > 0], strict=False)]
+    return ", ".join(f"{n} {m:.0f} min" for n, m in ran) or "not recorded"
 
 
 def _stage_seconds(commands: Path) -> str:

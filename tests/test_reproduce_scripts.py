@@ -173,15 +173,21 @@ def fake_runs(out: Path, seeds: list[int]) -> None:
 
 def test_report_computes_verdicts_from_the_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(
-        rr, "model_cost", lambda label: {"params": 1e6, "gflop_forward": 0.1, "gflop_train": 0.3}
+        rr,
+        "model_cost",
+        lambda label: {"params": 1e6, "gflop_forward": 0.1, "gflop_train": 0.3, "gradcam_side": 2.0},
     )
     out, docs = tmp_path / "runs", tmp_path / "docs"
     fake_runs(out, [0, 1, 2])
     page = rr.write_report(out, docs, seeds=[0, 1, 2]).read_text()
     claims = {line.split(" | ")[0].lstrip("| "): line for line in page.splitlines() if line.startswith("| ")}
     assert "held (10 of 10" in claims["Attention models classify better than the baseline VGG (PAPER 4.1)"]
-    assert "held" in claims["Attention maps find the object better than CAM and Grad-CAM (PAPER 4.3, 4.5)"]
+    assert (
+        "held"
+        in claims["Attention maps find the object better than the baseline's Grad-CAM (PAPER 4.3, 4.5)"]
+    )
     assert "contradicted" in claims["Attention features transfer better to unseen datasets (PAPER 4.2)"]
+    assert "contradicted" in claims["... transfer: against the same trunk without attention (VGG-GAP)"]
     assert "not shown" in claims["Attention models are more robust to FGSM (and PGD) (PAPER 4.4)"]
     assert "| (VGG-att2)-concat-pc | 85.2 ± 0.2 |" in page
     for name in ("accuracy", "cost", "localize", "segment", "attack", "transfer"):
@@ -200,3 +206,14 @@ def test_describe_device_names_the_cpu() -> None:
 
     text = describe_device("cpu")
     assert text.endswith(" threads") and " cores, " in text
+
+
+def test_wall_time_comes_from_the_runner_log(tmp_path: Path) -> None:
+    log = tmp_path / "reproduce.log"
+    log.write_text(
+        "51 commands to run, 0 already done, 2 at a time\n[1/51   3.3 min] train a: ok in 198 s\n"
+        "[51/51  61.7 min] train b: ok in 30 s\n21 commands to run, 0 already done, 2 at a time\n"
+        "[21/21  25.9 min] segment c: ok in 97 s\n0 commands to run, 51 already done, 2 at a time\n"
+    )
+    assert rr._stage_wall(log) == "training 62 min, evaluation 26 min"
+    assert rr._stage_wall(tmp_path / "missing.log") == "not recorded"
