@@ -25,7 +25,6 @@ Suites (both at width 1/8 of the paper's VGG, one pass over the data with AdamW 
 from __future__ import annotations
 
 import argparse
-import csv
 import os
 import shlex
 import subprocess
@@ -274,11 +273,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     if failures:
         print(f"{failures} command(s) failed; their logs are in {out / 'logs'}", file=sys.stderr)
     return 1 if failures else 0
-
-
-def read_csv(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
 
 
 if __name__ == "__main__":

@@ -37,6 +37,8 @@ from reproduce_cpu import (
     WIDTH,
 )
 
+from ltpa.evaluate._results import write_csv
+
 ATTENTION = ("att2-pc", "att2-dp", "att2-add", "att3-pc", "att3-dp")
 ALPHA = 0.05
 # published Fashion-MNIST test accuracies (github.com/zalandoresearch/fashion-mnist, README benchmark table)
@@ -249,13 +251,10 @@ def table(header: Sequence[str], rows: Iterable[Sequence[Any]], align: str | Non
 
 
 def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    if not rows:
-        return
-    keys = list(dict.fromkeys(k for r in rows for k in r))
-    with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
+    """``rows`` under the union of their keys (a missing key is an empty cell), through ltpa's writer."""
+    if rows:
+        keys = list(dict.fromkeys(k for r in rows for k in r))
+        write_csv(path, [{k: r.get(k, "") for k in keys} for r in rows], keys)
 
 
 # ---------------------------------------------------------------------------------------------- figures

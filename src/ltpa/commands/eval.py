@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ltpa.commands.train import _key_value
+from ltpa.commands.train import add_data_option_arg
 
 
 def add_checkpoint_args(parser: argparse.ArgumentParser, *, many: bool = True) -> None:
@@ -36,14 +36,7 @@ def add_data_args(
     group.add_argument("--root", metavar="DIR", help="dataset folder (default: the dataset's default place)")
     group.add_argument("--split", default="test", help="split to evaluate (default test)")
     group.add_argument("--limit", type=int, metavar="N", help="only the first N images (quick runs)")
-    group.add_argument(
-        "--data-option",
-        action="append",
-        type=_key_value,
-        default=[],
-        metavar="KEY=VALUE",
-        help="dataset option, e.g. num_test=500 (repeatable)",
-    )
+    add_data_option_arg(group, "dataset option, e.g. num_test=500 (repeatable)")
 
 
 def add_run_args(parser: argparse.ArgumentParser, command: str, *, batch_size: int = 256) -> None:
@@ -63,6 +56,36 @@ def add_run_args(parser: argparse.ArgumentParser, command: str, *, batch_size: i
         "--which", default="last", choices=("last", "best"), help="checkpoint of a run folder (default last)"
     )
     group.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def add_gradcam_backend_arg(group: argparse._ArgumentGroup) -> None:
+    """``--gradcam-backend``: the grad-cam package or the built-in Grad-CAM."""
+    group.add_argument(
+        "--gradcam-backend",
+        default="auto",
+        choices=("auto", "package", "own"),
+        help="grad-cam package (auto: when installed) or the built-in implementation",
+    )
+
+
+def add_map_args(group: argparse._ArgumentGroup) -> None:
+    """``--size``, ``--gradcam-backend`` and ``--gaussian-sigma``: the flags of the commands that score maps
+    against masks (``segment``, ``localize``)."""
+    group.add_argument(
+        "--size", type=int, help="side at which maps and masks are compared (default: model input)"
+    )
+    add_gradcam_backend_arg(group)
+    group.add_argument(
+        "--gaussian-sigma",
+        type=float,
+        default=0.25,
+        help="sigma of the centred Gaussian baseline, fraction of the side (default 0.25)",
+    )
+
+
+def map_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    """Config fields of :func:`add_map_args`, from parsed flags."""
+    return {"size": args.size, "gradcam_backend": args.gradcam_backend, "gaussian_sigma": args.gaussian_sigma}
 
 
 def common_kwargs(args: argparse.Namespace) -> dict[str, Any]:

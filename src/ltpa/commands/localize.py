@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from ltpa.commands.eval import add_checkpoint_args, add_data_args, add_run_args, common_kwargs
+from ltpa.commands.eval import (
+    add_checkpoint_args,
+    add_data_args,
+    add_map_args,
+    add_run_args,
+    common_kwargs,
+    map_kwargs,
+)
 
 
 def add_localize_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -22,22 +29,8 @@ def add_localize_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     add_checkpoint_args(parser)
     add_data_args(parser, default="cluttered-digits")
     group = parser.add_argument_group("localisation")
-    group.add_argument(
-        "--size", type=int, help="side at which maps and masks are compared (default: model input)"
-    )
     group.add_argument("--gradcam", action="store_true", help="also score Grad-CAM of each model")
-    group.add_argument(
-        "--gradcam-backend",
-        default="auto",
-        choices=("auto", "package", "own"),
-        help="grad-cam package (auto: when installed) or the built-in implementation",
-    )
-    group.add_argument(
-        "--gaussian-sigma",
-        type=float,
-        default=0.25,
-        help="sigma of the centred Gaussian baseline, fraction of the side (default 0.25)",
-    )
+    add_map_args(group)
     add_run_args(parser, "localize", batch_size=128)
     parser.set_defaults(func=localize_command)
     return parser
@@ -48,10 +41,8 @@ def localize_command(args: argparse.Namespace) -> int:
 
     config = LocalizeConfig(
         **common_kwargs(args),
-        size=args.size,
+        **map_kwargs(args),
         gradcam=args.gradcam,
-        gradcam_backend=args.gradcam_backend,
-        gaussian_sigma=args.gaussian_sigma,
     )
     run_localize(args.checkpoints, config)
     return 0

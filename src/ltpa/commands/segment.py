@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from ltpa.commands.eval import add_checkpoint_args, add_data_args, add_run_args, common_kwargs
+from ltpa.commands.eval import (
+    add_checkpoint_args,
+    add_data_args,
+    add_map_args,
+    add_run_args,
+    common_kwargs,
+    map_kwargs,
+)
 
 
 def add_segment_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -23,24 +30,10 @@ def add_segment_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
     add_data_args(parser, default="object-discovery")
     group = parser.add_argument_group("segmentation")
     group.add_argument(
-        "--size", type=int, help="side at which maps and masks are compared (default: model input)"
-    )
-    group.add_argument(
         "--threshold", type=float, default=0.5, help="fixed threshold on [0, 1] maps (default 0.5)"
     )
     group.add_argument("--no-gradcam", action="store_true", help="leave out the Grad-CAM baseline")
-    group.add_argument(
-        "--gradcam-backend",
-        default="auto",
-        choices=("auto", "package", "own"),
-        help="grad-cam package (auto: when installed) or the built-in implementation",
-    )
-    group.add_argument(
-        "--gaussian-sigma",
-        type=float,
-        default=0.25,
-        help="sigma of the centred Gaussian baseline, fraction of the side (default 0.25)",
-    )
+    add_map_args(group)
     group.add_argument("--examples", type=int, default=6, help="images per example figure (default 6)")
     add_run_args(parser, "segment", batch_size=128)
     parser.set_defaults(func=segment_command)
@@ -52,11 +45,9 @@ def segment_command(args: argparse.Namespace) -> int:
 
     config = SegmentConfig(
         **common_kwargs(args),
-        size=args.size,
+        **map_kwargs(args),
         threshold=args.threshold,
         gradcam=not args.no_gradcam,
-        gradcam_backend=args.gradcam_backend,
-        gaussian_sigma=args.gaussian_sigma,
         examples=args.examples,
     )
     run_segment(args.checkpoints, config)

@@ -18,6 +18,13 @@ def _key_value(text: str) -> tuple[str, Any]:
     return key.strip().replace("-", "_"), yaml.safe_load(value)
 
 
+def add_data_option_arg(group: argparse._ArgumentGroup | argparse.ArgumentParser, help: str) -> None:
+    """``--data-option KEY=VALUE`` (repeatable; values parsed as YAML), collected as a list of pairs."""
+    group.add_argument(
+        "--data-option", action="append", type=_key_value, default=[], metavar="KEY=VALUE", help=help
+    )
+
+
 def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "train",
@@ -50,14 +57,7 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         metavar="KEY=VALUE",
         help="extra model argument, e.g. compatibility=add or grad_averaging=true (repeatable)",
     )
-    what.add_argument(
-        "--data-option",
-        action="append",
-        type=_key_value,
-        default=[],
-        metavar="KEY=VALUE",
-        help="extra dataset option, e.g. num_train=5000 (repeatable)",
-    )
+    add_data_option_arg(what, "extra dataset option, e.g. num_train=5000 (repeatable)")
     optim = parser.add_argument_group("optimisation")
     optim.add_argument("--epochs", type=int)
     optim.add_argument("--batch-size", type=int)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ltpa.commands.eval import add_checkpoint_args, add_run_args
-from ltpa.commands.train import _key_value
+from ltpa.commands.train import add_data_option_arg
 from ltpa.errors import LTPAError
 
 
@@ -52,14 +52,7 @@ def add_transfer_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     )
     group.add_argument("--test-split", default="test", help="split it is scored on (default test)")
     group.add_argument("--limit", type=int, metavar="N", help="only the first N images of each split")
-    group.add_argument(
-        "--data-option",
-        action="append",
-        type=_key_value,
-        default=[],
-        metavar="KEY=VALUE",
-        help="dataset option for every dataset, e.g. train_fraction=0.5 (repeatable)",
-    )
+    add_data_option_arg(group, "dataset option for every dataset, e.g. train_fraction=0.5 (repeatable)")
     probe = parser.add_argument_group("classifier")
     probe.add_argument(
         "--C",

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-from ltpa.commands.eval import add_checkpoint_args
-from ltpa.commands.train import _key_value
+from ltpa.commands.eval import add_checkpoint_args, add_gradcam_backend_arg
+from ltpa.commands.train import add_data_option_arg
 
 
 def add_visualize_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -26,23 +26,11 @@ def add_visualize_parser(subparsers: argparse._SubParsersAction) -> argparse.Arg
     source.add_argument("--root", metavar="DIR", help="its folder")
     source.add_argument("--split", default="test", help="its split (default test)")
     source.add_argument("--count", type=int, default=8, help="number of dataset images (default 8)")
-    source.add_argument(
-        "--data-option",
-        action="append",
-        type=_key_value,
-        default=[],
-        metavar="KEY=VALUE",
-        help="dataset option (repeatable)",
-    )
+    add_data_option_arg(source, "dataset option (repeatable)")
     maps = parser.add_argument_group("maps")
     maps.add_argument("--cam", metavar="CKPT", help="a vgg_gap checkpoint whose CAM is shown for comparison")
     maps.add_argument("--no-gradcam", action="store_true", help="leave out Grad-CAM")
-    maps.add_argument(
-        "--gradcam-backend",
-        default="auto",
-        choices=("auto", "package", "own"),
-        help="grad-cam package (auto: when installed) or the built-in implementation",
-    )
+    add_gradcam_backend_arg(maps)
     maps.add_argument(
         "--display", type=int, default=192, help="longer side of each picture in pixels (default 192)"
     )
