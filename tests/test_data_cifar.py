@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from ltpa.data import build_dataset
+from ltpa.data._download import Remote
 from ltpa.errors import LTPAError
 
 
@@ -128,8 +129,8 @@ def test_cifar_pickles_cannot_run_code(tmp_path: Path) -> None:
 def test_download_is_opt_in_and_fetches_into_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[tuple[str, Path, list[str]]] = []
 
-    def fake_fetch(name: str, root: Path, urls: list[str], *, extract: bool) -> None:
-        calls.append((name, root, list(urls)))
+    def fake_fetch(name: str, root: Path, remotes: list[Remote], *, extract: bool) -> None:
+        calls.append((name, root, [url for remote in remotes for url in remote.urls]))
         make_cifar10(root)  # what unpacking the publisher's archive leaves behind
 
     monkeypatch.setattr("ltpa.data.cifar.fetch", fake_fetch)

@@ -13,6 +13,7 @@ from __future__ import annotations
 __version__ = "0.1.0"
 
 from ltpa.attention import LinearAttention, create_attention
+from ltpa.checkpoint import load_model
 from ltpa.errors import LTPAError
 from ltpa.models import AttentionOutput, LTPAModel, attach, create_model, list_models, model_info
 
@@ -26,5 +27,6 @@ __all__ = [
     "create_attention",
     "create_model",
     "list_models",
+    "load_model",
     "model_info",
 ]

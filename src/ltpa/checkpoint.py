@@ -32,6 +32,19 @@ __all__ = [
 FORMAT_VERSION = 1
 
 
+def _umask() -> int:
+    """The process's file-mode creation mask; read from procfs where there is one (Linux), since setting and
+    restoring it is not thread-safe."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text(encoding="ascii", errors="replace").splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def atomic_write(path: str | os.PathLike[str], write: Callable[[str], object]) -> None:
     """Calls ``write(tmp_path)`` then renames the temporary file over ``path``: a crash midway never leaves
     a broken ``path`` (the previous version stays)."""
@@ -41,6 +54,9 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], object]) -
     os.close(fd)
     try:
         write(tmp)
+        # mkstemp creates the file 0600 (and some writers, safetensors among them, replace it with another
+        # 0600 file): give the result the mode a plain open() would have, 0666 less the umask
+        os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)

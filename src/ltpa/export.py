@@ -2,15 +2,16 @@
 
 Paper: https://arxiv.org/abs/1804.02391. The exported graph takes what ``model(x)`` takes (float32 RGB images
 in [0, 1], (B, 3, S, S); the normalisation is inside) and returns the logits, optionally followed by the
-attention map of every attended level (PAPER 1.4), so a deployment can show where the model looked.
+attention map of every attended level (method §1.4), so a deployment can show where the model looked.
 
 Both formats are made by tracing the model in eval mode on random images (ONNX through the TorchScript-based
 exporter ``torch.onnx.export(..., dynamo=False)``, which needs no ``onnxscript``). The batch dimension stays
 dynamic; the image side is fixed at ``img_size``. After export the file is loaded again (ONNX Runtime for
 ONNX, ``torch.jit.load`` for TorchScript) and its outputs are compared with PyTorch's on fresh random images
-of a different batch size; a disagreement beyond ``atol`` raises :class:`ltpa.errors.LTPAError` and leaves
-no file behind. The model's name, kwargs, classes, input size and output names are stored in the file
-(ONNX ``metadata_props``; TorchScript extra file ``ltpa.json``).
+of a different batch size; a disagreement beyond ``atol + rtol * |PyTorch value|`` (``torch.allclose``'s
+rule, so that large logits are held to a relative, not an absolute, precision) raises
+:class:`ltpa.errors.LTPAError` and leaves no file behind. The model's name, kwargs, classes, input size and
+output names are stored in the file (ONNX ``metadata_props``; TorchScript extra file ``ltpa.json``).
 
 ONNX export needs the ``onnx`` package and its check ``onnxruntime``: ``pip install 'ltpa[onnx]'``. PyTorch
 has deprecated TorchScript (``torch.jit``) in favour of ``torch.export``; ONNX is the format to prefer.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import re
 import warnings
@@ -33,7 +35,7 @@ from torch import nn
 from ltpa.checkpoint import atomic_write
 from ltpa.errors import LTPAError
 
-__all__ = ["FORMATS", "ExportedOutputs", "check_export", "export_model", "output_names"]
+__all__ = ["FORMATS", "ExportedOutputs", "check_export", "export_model", "onnx_opset_range", "output_names"]
 
 Format = Literal["onnx", "torchscript"]
 FORMATS: dict[str, str] = {"onnx": ".onnx", "torchscript": ".pt"}
@@ -102,19 +104,50 @@ def _require(module: str, purpose: str) -> Any:
         raise LTPAError(f"{purpose} needs the {module} package: pip install 'ltpa[onnx]'") from err
 
 
+def onnx_opset_range() -> tuple[int, int]:
+    """The ONNX opset versions the TorchScript-based exporter supports, ``(lowest, highest)``."""
+    try:
+        from torch.onnx import _constants
+    except ImportError:  # pragma: no cover - the private module moved
+        return 7, 20
+    low = int(getattr(_constants, "ONNX_MIN_OPSET", 7))
+    high = int(
+        getattr(_constants, "ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET", getattr(_constants, "ONNX_MAX_OPSET", 20))
+    )
+    return low, high
+
+
+def _check_opset(opset: int) -> None:
+    low, high = onnx_opset_range()
+    if isinstance(opset, bool) or not isinstance(opset, int) or not low <= opset <= high:
+        raise LTPAError(
+            f"ONNX opset {opset!r} is not supported by the exporter; use --opset {low}..{high} "
+            "(17 is the default)"
+        )
+
+
 def _export_onnx(
     wrapper: ExportedOutputs, sample: torch.Tensor, path: str, names: list[str], opset: int
 ) -> None:
-    torch.onnx.export(
-        wrapper,
-        (sample,),
-        path,
-        dynamo=False,  # the TorchScript-based exporter: no onnxscript needed, dynamic batch via dynamic_axes
-        input_names=["images"],
-        output_names=names,
-        dynamic_axes={name: {0: "batch"} for name in ["images", *names]},
-        opset_version=opset,
-    )
+    try:
+        torch.onnx.export(
+            wrapper,
+            (sample,),
+            path,
+            # the TorchScript-based exporter: no onnxscript needed, dynamic batch via dynamic_axes
+            dynamo=False,
+            input_names=["images"],
+            output_names=names,
+            dynamic_axes={name: {0: "batch"} for name in ["images", *names]},
+            opset_version=opset,
+        )
+    except RuntimeError as err:  # torch.onnx.OnnxExporterError is one
+        lines = str(err).strip().splitlines()
+        detail = lines[0] if lines else type(err).__name__
+        raise LTPAError(
+            f"ONNX export at opset {opset} failed ({detail}); try another --opset (17 is the default) "
+            "or --format torchscript"
+        ) from err
 
 
 def _write_onnx_metadata(path: str, meta: dict[str, Any]) -> None:
@@ -164,6 +197,7 @@ def check_export(
     with_maps: bool = False,
     img_size: int | None = None,
     atol: float = 1e-4,
+    rtol: float = 1e-4,
     seed: int = 1,
 ) -> float:
     """Compares an exported file with ``model`` on random images.
@@ -174,15 +208,18 @@ def check_export(
         format: ``"onnx"`` or ``"torchscript"``.
         with_maps: whether the file returns the attention maps after the logits.
         img_size: image side (default ``model.img_size``).
-        atol: the largest absolute difference accepted on any output.
+        atol: the absolute part of the accepted difference.
+        rtol: the relative part: a value may differ by ``atol + rtol * |PyTorch value|`` (``torch.allclose``).
         seed: seed of the random images.
 
     Returns:
         The largest absolute difference over all outputs.
 
     Raises:
-        LTPAError: if an output differs by more than ``atol`` or the output count is wrong.
+        LTPAError: if an output differs by more than the tolerance, is not finite where PyTorch's is, or the
+            output count is wrong.
     """
+    _check_tolerances(atol, rtol)
     img_size = img_size or int(cast(Any, model).img_size)
     device = next(iter(model.parameters())).device
     run = _run_onnx(str(path)) if format == "onnx" else _run_torchscript(str(path), device)
@@ -207,14 +244,27 @@ def check_export(
                 f"exported {format} output {name} has shape {tuple(out.shape)}, PyTorch {tuple(ref.shape)}; "
                 "the export is not valid for this batch size"
             )
-        diff = float((out.to(ref.device, ref.dtype) - ref).abs().max()) if ref.numel() else 0.0
-        if not diff <= atol:  # also catches NaN
+        out = out.to(ref.device, ref.dtype)
+        if ref.numel() and not torch.allclose(out, ref, rtol=rtol, atol=atol, equal_nan=True):
+            excess = (out - ref).abs() - rtol * ref.abs()
+            index = int(torch.nan_to_num(excess, nan=float("inf")).flatten().argmax())
+            diff = float((out - ref).abs().flatten()[index])
+            value = float(ref.flatten()[index])
             raise LTPAError(
-                f"exported {format} output {name} differs from PyTorch by {diff:.3g} > atol {atol:g}; "
-                "the model has an operation the exporter does not reproduce (or raise atol)"
+                f"exported {format} output {name} differs from PyTorch by {diff:.3g} at a value of "
+                f"{value:.3g} (> atol {atol:g} + rtol {rtol:g} * |value|); the model has an operation the "
+                "exporter does not reproduce (or raise --atol / --rtol)"
             )
-        worst = max(worst, diff)
+        diffs = (out - ref).abs()
+        finite = diffs[torch.isfinite(diffs)]
+        worst = max(worst, float(finite.max()) if finite.numel() else 0.0)
     return worst
+
+
+def _check_tolerances(atol: float, rtol: float) -> None:
+    for label, value in (("atol", atol), ("rtol", rtol)):
+        if not (isinstance(value, int | float) and math.isfinite(value) and value >= 0):
+            raise LTPAError(f"{label} must be a finite number >= 0, got {value!r}")
 
 
 def export_model(
@@ -226,6 +276,7 @@ def export_model(
     img_size: int | None = None,
     check: bool = True,
     atol: float = 1e-4,
+    rtol: float = 1e-4,
     opset: int = 17,
 ) -> Path:
     """Exports ``model`` to ONNX or TorchScript and, with ``check``, verifies the file against PyTorch.
@@ -240,8 +291,9 @@ def export_model(
         with_maps: also output every attended level's attention map after the logits.
         img_size: the exported image side (default ``model.img_size``); the batch size stays dynamic.
         check: reload the file and compare its outputs with PyTorch's on random images.
-        atol: the largest absolute difference the check accepts.
-        opset: ONNX opset version.
+        atol: the absolute part of the difference the check accepts.
+        rtol: the relative part: the check accepts ``atol + rtol * |PyTorch value|`` (``torch.allclose``).
+        opset: ONNX opset version (see :func:`onnx_opset_range`).
 
     Returns:
         ``path`` as a Path.
@@ -251,8 +303,8 @@ def export_model(
         - outputs ``logits`` (B, K), then with ``with_maps`` one (B, H_s, W_s) map per level.
 
     Raises:
-        LTPAError: unknown format, a model without maps for ``with_maps``, a missing package, or a check
-            that fails.
+        LTPAError: unknown format, an unsupported opset, a negative tolerance, a model without maps for
+            ``with_maps``, a missing package, an export or a check that fails.
     """
     if format not in FORMATS:
         raise LTPAError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
@@ -260,7 +312,9 @@ def export_model(
         raise LTPAError(
             f"{getattr(model, 'model_name', type(model).__name__)} has no attention maps; drop --with-maps"
         )
+    _check_tolerances(atol, rtol)
     if format == "onnx":
+        _check_opset(opset)
         _require("onnx", "ONNX export")
         if check:
             _require("onnxruntime", "Checking an ONNX export")
@@ -285,7 +339,7 @@ def export_model(
         if format == "onnx":
             _write_onnx_metadata(tmp, meta)
         if check:
-            check_export(tmp, model, format, with_maps=with_maps, img_size=img_size, atol=atol)
+            check_export(tmp, model, format, with_maps=with_maps, img_size=img_size, atol=atol, rtol=rtol)
 
     try:
         atomic_write(path, write)

@@ -1,6 +1,6 @@
 """Attention maps drawn over images: overlays as uint8 arrays and PNG files, and the comparison grid figure.
 
-Paper: "Learn To Pay Attention", Jetley et al., ICLR 2018, https://arxiv.org/abs/1804.02391 (PAPER 4.5,
+Paper: "Learn To Pay Attention", Jetley et al., ICLR 2018, https://arxiv.org/abs/1804.02391 (method §4.5,
 Fig. 1: layer-10 attention covers the object, layer-13 a discriminative part).
 
 A softmax over 1,024 positions gives values near 1/1024 everywhere, which look empty when drawn as they are
@@ -60,12 +60,14 @@ def load_image(path: str | os.PathLike[str]) -> torch.Tensor:
     """
     from PIL import Image, ImageOps, UnidentifiedImageError
 
+    from ltpa.data._decode import open_image
+
     path = Path(path)
     if not path.is_file():
         raise LTPAError(f"image file not found: {path}")
-    try:
-        with Image.open(path) as opened:
-            opened.load()
+    # open_image refuses oversized headers and truncated files, and decodes the first frame of animations
+    with open_image(path) as opened:
+        try:
             image = ImageOps.exif_transpose(opened) or opened
             if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
                 array = np.asarray(image, dtype=np.float64)
@@ -77,10 +79,10 @@ def load_image(path: str | os.PathLike[str]) -> torch.Tensor:
                 white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
                 image = Image.alpha_composite(white, rgba)
             rgb = np.asarray(image.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, ValueError) as err:
-        raise LTPAError(
-            f"cannot read image {path} ({type(err).__name__}: {err}); pass a JPEG, PNG, BMP, ..."
-        ) from err
+        except (UnidentifiedImageError, OSError, ValueError) as err:
+            raise LTPAError(
+                f"cannot read image {path} ({type(err).__name__}: {err}); pass a JPEG, PNG, BMP, ..."
+            ) from err
     return torch.from_numpy(rgb.copy()).permute(2, 0, 1).contiguous()
 
 

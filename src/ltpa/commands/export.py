@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from ltpa.export import FORMATS
+from ltpa.export import FORMATS, onnx_opset_range
 
 
 def add_export_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -28,11 +28,22 @@ def add_export_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     )
     group.add_argument("--out", help="output file (default: beside the checkpoint, .onnx or .pt)")
     group.add_argument("--img-size", type=int, help="input side (default: the model's)")
-    group.add_argument("--opset", type=int, default=17, help="ONNX opset version (default 17)")
+    low, high = onnx_opset_range()
+    group.add_argument(
+        "--opset", type=int, default=17, help=f"ONNX opset version, {low}..{high} (default 17)"
+    )
     group.add_argument("--which", choices=["last", "best"], default="last", help="checkpoint of a run folder")
     check = parser.add_argument_group("check")
     check.add_argument("--no-check", action="store_true", help="skip comparing the export with PyTorch")
-    check.add_argument("--atol", type=float, default=1e-4, help="largest accepted difference (default 1e-4)")
+    check.add_argument(
+        "--atol", type=float, default=1e-4, help="absolute part of the accepted difference (default 1e-4)"
+    )
+    check.add_argument(
+        "--rtol",
+        type=float,
+        default=1e-4,
+        help="relative part: accepted difference is atol + rtol * |PyTorch value| (default 1e-4)",
+    )
     parser.set_defaults(func=export_command)
     return parser
 
@@ -52,8 +63,11 @@ def export_command(args: argparse.Namespace) -> int:
         img_size=args.img_size,
         check=not args.no_check,
         atol=args.atol,
+        rtol=args.rtol,
         opset=args.opset,
     )
-    checked = "not checked" if args.no_check else f"matches PyTorch within {args.atol:g}"
+    checked = (
+        "not checked" if args.no_check else f"matches PyTorch within {args.atol:g} + {args.rtol:g} x |value|"
+    )
     print(f"wrote {path} ({args.format}, {model.model_name}; {checked})")
     return 0

@@ -1,6 +1,6 @@
 """What every ``ltpa`` dataset shares: metadata, the in-memory dataset, root look-up, errors, ``load_tensors``.
 
-Paper: "Learn To Pay Attention", Jetley et al., ICLR 2018, https://arxiv.org/abs/1804.02391 (PAPER 3.4 for the
+Paper: "Learn To Pay Attention", Jetley et al., ICLR 2018, https://arxiv.org/abs/1804.02391 (method §3.4 for the
 datasets and their preprocessing).
 
 Items are ``(image, label)`` with ``image`` a uint8 (3, H, W) tensor, or ``(image, label, mask)`` with a bool
@@ -43,7 +43,7 @@ class DatasetInfo:
         name: registry name (lower-case, kebab).
         num_classes: number of classes; None where it depends on the files (``image-folder``).
         img_size: native side, or the side models take by default (32 for CIFAR-like inputs).
-        preprocess: default preset of :mod:`ltpa.preprocess` (PAPER 3.4 and 6.10).
+        preprocess: default preset of :mod:`ltpa.preprocess` (method §3.4 and §6.10).
         has_masks: items carry a bool (H, W) ground-truth mask.
         default_root: where the files are looked for when no root is given (None: nothing on disk).
         source: where to get the data.

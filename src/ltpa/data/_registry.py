@@ -1,7 +1,7 @@
 """The dataset registry: names, metadata, where files are looked for, and ``build_dataset``.
 
-Paper: "Learn To Pay Attention", Jetley et al., ICLR 2018, https://arxiv.org/abs/1804.02391 (datasets: PAPER 3.4,
-4.2, 4.3; default preprocessing per dataset: PAPER 3.4 and 6.8-6.10).
+Paper: "Learn To Pay Attention", Jetley et al., ICLR 2018, https://arxiv.org/abs/1804.02391 (datasets: method §3.4,
+§4.2, §4.3; default preprocessing per dataset: method §3.4 and §6.8-6.10).
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ _REGISTRY: dict[str, _Entry] = {
             has_masks=False,
             source=cifar.CIFAR10_SOURCE,
             downloadable=True,
-            description="CIFAR-10, 50,000/10,000 32x32 images, 10 classes (PAPER 4.1)",
+            description="CIFAR-10, 50,000/10,000 32x32 images, 10 classes (method §4.1)",
         ),
         _entry(
             "cifar100",
@@ -72,7 +72,7 @@ _REGISTRY: dict[str, _Entry] = {
             has_masks=False,
             source=cifar.CIFAR100_SOURCE,
             downloadable=True,
-            description="CIFAR-100, 50,000/10,000 32x32 images, 100 fine classes (coarse=True: 20) (PAPER 4.1)",
+            description="CIFAR-100, 50,000/10,000 32x32 images, 100 fine classes (coarse=True: 20) (method §4.1)",
         ),
         _entry(
             "svhn",
@@ -85,7 +85,7 @@ _REGISTRY: dict[str, _Entry] = {
             source=svhn.SVHN_SOURCE,
             splits=("train", "test", "extra"),
             downloadable=True,
-            description="SVHN digits, 73,257/26,032 32x32 images (+531,131 extra) (PAPER 4.1)",
+            description="SVHN digits, 73,257/26,032 32x32 images (+531,131 extra) (method §4.1)",
         ),
         _entry(
             "stl10",
@@ -98,7 +98,7 @@ _REGISTRY: dict[str, _Entry] = {
             source=stl10.STL10_SOURCE,
             splits=("train", "test", "unlabeled"),
             downloadable=True,
-            description="STL-10, 5,000/8,000 96x96 images; cifar10_labels=True maps onto CIFAR-10 (PAPER 4.2)",
+            description="STL-10, 5,000/8,000 96x96 images; cifar10_labels=True maps onto CIFAR-10 (method §4.2)",
         ),
         _entry(
             "cub200",
@@ -112,7 +112,7 @@ _REGISTRY: dict[str, _Entry] = {
             splits=("train", "test", "all"),
             downloadable=True,
             in_memory=False,
-            description="CUB-200-2011 birds, 5,994/5,794 images at 80x80 (PAPER 2.3, 4.1)",
+            description="CUB-200-2011 birds, 5,994/5,794 images at 80x80 (method §2.3, §4.1)",
         ),
         _entry(
             "mnist",
@@ -151,7 +151,7 @@ _REGISTRY: dict[str, _Entry] = {
             splits=("train", "test", "all"),
             in_memory=False,
             description="any <root>/<class>/*.jpg tree, seeded split (Caltech-101/256, Event-8, Action-40, "
-            "Scene-67: PAPER 4.2)",
+            "Scene-67: method §4.2)",
         ),
         _entry(
             "object-discovery",
@@ -165,7 +165,7 @@ _REGISTRY: dict[str, _Entry] = {
             splits=("test", "all", "train"),
             downloadable=True,
             in_memory=False,
-            description="Object Discovery Airplane100/Car100/Horse100 with masks (PAPER 4.3)",
+            description="Object Discovery Airplane100/Car100/Horse100 with masks (method §4.3)",
         ),
         _entry(
             "cluttered-digits",

@@ -1,4 +1,4 @@
-"""Batched training augmentation on tensors, on any device (PAPER 3.4).
+"""Batched training augmentation on tensors, on any device (method §3.4).
 
 Paper: "Learn To Pay Attention", Jetley et al., ICLR 2018, https://arxiv.org/abs/1804.02391.
 

@@ -1,4 +1,4 @@
-"""Bounding boxes from ground-truth masks and back, for scoring attention against object positions (PAPER 4.3).
+"""Bounding boxes from ground-truth masks and back, for scoring attention against object positions (method §4.3).
 
 Paper: "Learn To Pay Attention", Jetley et al., ICLR 2018, https://arxiv.org/abs/1804.02391.
 

@@ -3,7 +3,7 @@
 Paper: "Learn To Pay Attention", Jetley et al., ICLR 2018, https://arxiv.org/abs/1804.02391.
 
 The paper's claims (attention finds the object, binarised maps segment it, attention helps under clutter and
-adversarial noise: PAPER 4.3-4.5) need images whose object position is known. ``cluttered-digits`` (objects:
+adversarial noise: method §4.3-4.5) need images whose object position is known. ``cluttered-digits`` (objects:
 scikit-learn's 1,797 handwritten 8x8 digits, always installed) and ``cluttered-fashion`` (objects: Fashion-MNIST
 items) give that without any download. Each image holds one object at a random position and scale on a dark
 noisy canvas, drawn over clutter: fragments cut from objects of *other* classes, rendered at object scale so

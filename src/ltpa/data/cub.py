@@ -1,4 +1,4 @@
-"""CUB-200-2011 birds from the publisher's text index files, decoded lazily (PAPER 2.3, 3.4, 6.9).
+"""CUB-200-2011 birds from the publisher's text index files, decoded lazily (method §2.3, §3.4, §6.9).
 
 Paper: "Learn To Pay Attention", Jetley et al., ICLR 2018, https://arxiv.org/abs/1804.02391.
 
@@ -12,7 +12,7 @@ Layout (https://www.vision.caltech.edu/datasets/cub_200_2011/, ``CUB_200_2011.tg
     <root>/CUB_200_2011/images/<class folder>/<file>.jpg
 
 The official split gives 5,994 training and 5,794 test images. The paper's CUB models take 80x80 inputs; whether
-images were cropped to the bird's box first is unknown (PAPER 6.9), so ``crop_to_bbox`` is an option (off).
+images were cropped to the bird's box first is unknown (method §6.9), so ``crop_to_bbox`` is an option (off).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch
 
 from ltpa.data._base import ImageDataset, data_error, find_data_dir
 from ltpa.data._decode import read_image
-from ltpa.data._download import fetch
+from ltpa.data._download import Remote, fetch
 from ltpa.data.augment import resize
 from ltpa.errors import LTPAError
 
@@ -36,7 +36,11 @@ CUB_LAYOUT = (
     "<root>/CUB_200_2011/{images.txt,image_class_labels.txt,train_test_split.txt,bounding_boxes.txt,"
     "classes.txt,images/<class>/<file>.jpg}"
 )
-_URL = "https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz?download=1"
+_REMOTE = Remote(
+    "CUB_200_2011.tgz",
+    ("https://data.caltech.edu/records/65de6-vp158/files/CUB_200_2011.tgz?download=1",),
+    md5="97eceeb196236b17998738112f37df78",  # MD5 of the archive as published
+)
 
 
 def _read_table(path: Path, columns: int) -> dict[int, list[str]]:
@@ -163,7 +167,7 @@ def build_cub200(
     """
     folder = probe_cub200(candidates)
     if folder is None and download:
-        fetch("cub200", candidates[0], [_URL], extract=True)
+        fetch("cub200", candidates[0], [_REMOTE], extract=True)
         folder = find_data_dir(candidates[:1], ("CUB_200_2011",), "images.txt")
     if folder is None:
         raise data_error(

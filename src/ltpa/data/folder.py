@@ -1,10 +1,10 @@
-"""Any tree of images, one folder per class, with a seeded per-class train/test split (PAPER 4.2).
+"""Any tree of images, one folder per class, with a seeded per-class train/test split (method §4.2).
 
 Paper: "Learn To Pay Attention", Jetley et al., ICLR 2018, https://arxiv.org/abs/1804.02391.
 
 The paper's transfer experiments use Caltech-101, Caltech-256, Event-8 (UIUC sports), Action-40 (Stanford 40
 Actions) and Scene-67 (MIT Indoor 67); each ships, or is easily arranged, as ``<root>/<class>/*.jpg``. Their
-train/test splits are unknown (PAPER 6.2), so the split is a rule: per class, the sorted files are shuffled
+train/test splits are unknown (method §6.2), so the split is a rule: per class, the sorted files are shuffled
 with a generator seeded by ``(seed, class name)`` and the first ``train_per_class`` (or ``train_fraction``) go
 to train, the rest (capped at ``test_per_class``) to test. Adding or removing a class does not change the
 others' splits. ``label_from="filename"`` reads the class from a ``<class>_<n>.jpg`` name instead, which

@@ -16,6 +16,7 @@ followed by the values. The 28x28 grey images are zero-padded to 32x32 by defaul
 from __future__ import annotations
 
 import gzip
+import math
 import zlib
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ltpa.data._base import TensorImageDataset, data_error, find_data_dir
-from ltpa.data._download import fetch
+from ltpa.data._download import Remote, fetch
 from ltpa.errors import LTPAError
 
 __all__ = [
@@ -58,8 +59,26 @@ _SOURCES = {
     "dataset-fashion-mnist, or download=True (ltpa data --download)",
 }
 _MIRRORS = {
-    "mnist": "https://ossci-datasets.s3.amazonaws.com/mnist/",
-    "fashion-mnist": "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+    "mnist": ("https://ossci-datasets.s3.amazonaws.com/mnist/", "http://yann.lecun.com/exdb/mnist/"),
+    "fashion-mnist": (
+        "https://raw.githubusercontent.com/zalandoresearch/fashion-mnist/master/data/fashion/",
+        "http://fashion-mnist.s3-website.eu-central-1.amazonaws.com/",
+    ),
+}
+# the publishers' MD5 sums of the four .gz files
+_MD5 = {
+    "mnist": {
+        "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+        "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+        "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+        "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+    },
+    "fashion-mnist": {
+        "train-images-idx3-ubyte.gz": "8d4fb7e6c68d591d4c3dfef9ec88bf0d",
+        "train-labels-idx1-ubyte.gz": "25c81989df183df01b3e8a0aad5dffbe",
+        "t10k-images-idx3-ubyte.gz": "bef4ecab320f06d8554ea6380940ec79",
+        "t10k-labels-idx1-ubyte.gz": "bb300cfdad3c16e7a12a480ee83cd310",
+    },
 }
 _LAYOUT = "<root>/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz] (IDX format)"
 _PREFIX = {"train": "train", "test": "t10k"}
@@ -97,7 +116,9 @@ def read_idx(path: Path, *, name: str = "idx", source: str = "") -> np.ndarray:
         raise data_error(name, "truncated IDX header", path, _LAYOUT, source)
     shape = tuple(int(d) for d in np.frombuffer(raw, dtype=">i4", count=ndim, offset=4))
     dtype = np.dtype(_IDX_TYPES[raw[2]])
-    expected = int(np.prod(shape)) * dtype.itemsize
+    if any(d < 0 for d in shape):
+        raise data_error(name, f"negative dimension in IDX shape {shape}", path, _LAYOUT, source)
+    expected = math.prod(shape) * dtype.itemsize  # exact: Python integers do not overflow
     if len(raw) - header != expected:
         raise data_error(
             name,
@@ -135,7 +156,8 @@ def _locate(name: str, candidates: list[Path], split: str, download: bool) -> Pa
             break
     if folder is None and download:
         files = [f"{p}-{k}-ubyte.gz" for p in ("train", "t10k") for k in ("images-idx3", "labels-idx1")]
-        fetch(name, candidates[0], [_MIRRORS[name] + f for f in files], extract=False)
+        remotes = [Remote(f, tuple(m + f for m in _MIRRORS[name]), md5=_MD5[name][f]) for f in files]
+        fetch(name, candidates[0], remotes, extract=False)
         folder = candidates[0]
     if folder is None:
         raise data_error(name, "missing file", candidates[0] / f"{stem}.gz", _LAYOUT, _SOURCES[name])
@@ -168,8 +190,11 @@ def read_idx_split(
         raise data_error(
             name, f"{labels.shape} labels for {images.shape[0]} images", labels_path, _LAYOUT, source
         )
-    if labels.size and labels.max() > 9:
-        raise data_error(name, "labels outside 0..9", labels_path, _LAYOUT, source)
+    if labels.dtype.kind not in "iu":
+        raise data_error(name, f"labels must be integers, got {labels.dtype}", labels_path, _LAYOUT, source)
+    if labels.size and (int(labels.min()) < 0 or int(labels.max()) > 9):
+        found = f"{int(labels.min())}..{int(labels.max())}"
+        raise data_error(name, f"labels outside 0..9 (found {found})", labels_path, _LAYOUT, source)
     return torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64)), folder
 
 

@@ -1,8 +1,8 @@
-"""Object Discovery (Rubinstein et al., CVPR 2013): Airplane100, Car100, Horse100 with ground-truth masks (PAPER 4.3).
+"""Object Discovery (Rubinstein et al., CVPR 2013): Airplane100, Car100, Horse100 with ground-truth masks (method §4.3).
 
 Paper: "Learn To Pay Attention", Jetley et al., ICLR 2018, https://arxiv.org/abs/1804.02391.
 
-Layout (http://people.csail.mit.edu/mrub/ObjectDiscovery/, ``ObjectDiscovery-data.zip``)::
+Layout (https://people.csail.mit.edu/mrub/ObjectDiscovery/, ``ObjectDiscovery-data.zip``)::
 
     <root>/Data/{Airplane100,Car100,Horse100}/<name>.jpg
     <root>/Data/{Airplane100,Car100,Horse100}/GroundTruth/<name>.png   (white object on black)
@@ -24,7 +24,7 @@ import torch
 
 from ltpa.data._base import ImageDataset, data_error, find_data_dir
 from ltpa.data._decode import read_image, read_mask
-from ltpa.data._download import fetch
+from ltpa.data._download import Remote, fetch
 from ltpa.data.augment import resize
 from ltpa.errors import LTPAError
 
@@ -36,9 +36,13 @@ __all__ = [
 ]
 
 OBJECT_DISCOVERY_CLASSES = ["airplane", "car", "horse"]
-OD_SOURCE = "http://people.csail.mit.edu/mrub/ObjectDiscovery/ (ObjectDiscovery-data.zip), or download=True (ltpa data --download)"
+OD_SOURCE = "https://people.csail.mit.edu/mrub/ObjectDiscovery/ (ObjectDiscovery-data.zip), or download=True (ltpa data --download)"
 OD_LAYOUT = "<root>/Data/{Airplane100,Car100,Horse100}/<name>.jpg + .../GroundTruth/<name>.png"
-_URL = "http://people.csail.mit.edu/mrub/ObjectDiscovery/ObjectDiscovery-data.zip"
+# no published checksum: the zip is only fetched over HTTPS, and unpacked with every member checked
+_REMOTE = Remote(
+    "ObjectDiscovery-data.zip",
+    ("https://people.csail.mit.edu/mrub/ObjectDiscovery/ObjectDiscovery-data.zip",),
+)
 _IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 _SUBDIRS = ("Data", "ObjectDiscovery-data/Data", "")
 
@@ -175,7 +179,7 @@ def build_object_discovery(
     subdirs = _SUBDIRS
     folder = find_data_dir(candidates, subdirs, marker)
     if folder is None and download:
-        fetch("object-discovery", candidates[0], [_URL], extract=True)
+        fetch("object-discovery", candidates[0], [_REMOTE], extract=True)
         folder = find_data_dir(candidates[:1], subdirs, marker)
     if folder is None:
         raise data_error(

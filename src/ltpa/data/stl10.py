@@ -1,4 +1,4 @@
-"""STL-10 in its binary format, and the mapping of its classes onto CIFAR-10's (PAPER 4.2).
+"""STL-10 in its binary format, and the mapping of its classes onto CIFAR-10's (method §4.2).
 
 Paper: "Learn To Pay Attention", Jetley et al., ICLR 2018, https://arxiv.org/abs/1804.02391.
 
@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from ltpa.data._base import ImageDataset, TensorImageDataset, data_error, find_data_dir
-from ltpa.data._download import fetch
+from ltpa.data._download import Remote, fetch
 from ltpa.data.cifar import CIFAR10_CLASSES
 
 __all__ = ["STL10_CLASSES", "STL10_TO_CIFAR10", "STL10UnlabeledDataset", "build_stl10", "probe_stl10"]
@@ -35,7 +35,14 @@ STL10_SOURCE = "https://cs.stanford.edu/~acoates/stl10/ (binary version, stl10_b
 STL10_LAYOUT = (
     "<root>/stl10_binary/{train,test}_X.bin + {train,test}_y.bin (+ unlabeled_X.bin), 96x96x3 uint8"
 )
-_URL = "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz"
+_REMOTE = Remote(
+    "stl10_binary.tar.gz",
+    (
+        "https://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz",
+        "http://ai.stanford.edu/~acoates/stl10/stl10_binary.tar.gz",  # verified by the MD5 all the same
+    ),
+    md5="91f7769df0f17e558f3565bffb0c7dfb",
+)
 _SIDE = 96
 _IMAGE_BYTES = 3 * _SIDE * _SIDE
 
@@ -109,7 +116,7 @@ def build_stl10(
     images_file = f"{split}_X.bin"
     folder = find_data_dir(candidates, ("stl10_binary", ""), images_file)
     if folder is None and download:
-        fetch("stl10", candidates[0], [_URL], extract=True)
+        fetch("stl10", candidates[0], [_REMOTE], extract=True)
         folder = find_data_dir(candidates[:1], ("stl10_binary",), images_file)
     if folder is None:
         raise _error("missing file", candidates[0] / "stl10_binary" / images_file)

@@ -1,4 +1,4 @@
-"""SVHN (Street View House Numbers), cropped-digit format ``*_32x32.mat`` (PAPER 3.4, 6.8).
+"""SVHN (Street View House Numbers), cropped-digit format ``*_32x32.mat`` (method §3.4, §6.8).
 
 Paper: "Learn To Pay Attention", Jetley et al., ICLR 2018, https://arxiv.org/abs/1804.02391.
 
@@ -7,7 +7,7 @@ Layout (http://ufldl.stanford.edu/housenumbers/, "Format 2")::
     <root>/{train_32x32.mat, test_32x32.mat, extra_32x32.mat}
 
 Each file holds ``X`` (32, 32, 3, N) uint8 and ``y`` (N, 1) with labels 1..10, where 10 stands for the digit 0.
-Whether the paper trained on train (73,257) or train+extra (604,388) is unknown (PAPER 3.4); train alone is the
+Whether the paper trained on train (73,257) or train+extra (604,388) is unknown (method §3.4); train alone is the
 default and ``include_extra=True`` adds extra.
 """
 
@@ -21,14 +21,19 @@ import scipy.io
 import torch
 
 from ltpa.data._base import TensorImageDataset, data_error, find_data_dir
-from ltpa.data._download import fetch
+from ltpa.data._download import Remote, fetch
 
 __all__ = ["SVHN_CLASSES", "build_svhn", "probe_svhn", "read_svhn_mat"]
 
 SVHN_CLASSES = [str(d) for d in range(10)]
 SVHN_SOURCE = "http://ufldl.stanford.edu/housenumbers/ (Format 2: cropped digits), or download=True (ltpa data --download)"
 SVHN_LAYOUT = "<root>/{train,test,extra}_32x32.mat with X (32,32,3,N) uint8 and y (N,1) in 1..10"
-_URL = "http://ufldl.stanford.edu/housenumbers/{split}_32x32.mat"
+# the publisher's MD5 sums of the three files
+_MD5 = {
+    "train": "e26dedcc434d2e4c54c9b2d4a06d8373",
+    "test": "eb5a983be6a315427106f1b164d9cef3",
+    "extra": "a93ce644f1a588dc4d68dda5feec44a7",
+}
 _SUBDIRS = ("", "svhn", "SVHN")
 
 
@@ -63,6 +68,12 @@ def read_svhn_mat(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     return images, torch.from_numpy(labels % 10)
 
 
+def _remote(split: str) -> Remote:
+    filename = f"{split}_32x32.mat"
+    urls = tuple(f"{scheme}://ufldl.stanford.edu/housenumbers/{filename}" for scheme in ("https", "http"))
+    return Remote(filename, urls, md5=_MD5.get(split))
+
+
 def probe_svhn(candidates: list[Path]) -> Path | None:
     """The folder holding ``train_32x32.mat`` among ``candidates``, or None."""
     return find_data_dir(candidates, _SUBDIRS, "train_32x32.mat")
@@ -87,7 +98,7 @@ def build_svhn(
         fetch(
             "svhn",
             target,
-            [_URL.format(split=s) for s in splits if not (target / f"{s}_32x32.mat").is_file()],
+            [_remote(s) for s in splits],
             extract=False,
         )
         folder = target

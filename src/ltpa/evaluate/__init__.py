@@ -2,7 +2,7 @@
 localisation, transfer.
 
 Paper: "Learn To Pay Attention", Jetley et al., ICLR 2018, https://arxiv.org/abs/1804.02391
-(PAPER 3.5, 4.1-4.5).
+(method §3.5, §4.1-4.5).
 
 Each ``run_<experiment>(checkpoints, config)`` is what the ``ltpa <experiment>`` command runs: it loads the
 checkpoints (``ltpa.load_model``), reads the test split, writes fixed-name result files (``eval.json``,

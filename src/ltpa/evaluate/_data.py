@@ -1,6 +1,6 @@
 """Test data, devices, batches and progress bars shared by the evaluation experiments.
 
-Paper: "Learn To Pay Attention", Jetley et al., ICLR 2018, https://arxiv.org/abs/1804.02391 (PAPER 3.5: a
+Paper: "Learn To Pay Attention", Jetley et al., ICLR 2018, https://arxiv.org/abs/1804.02391 (method §3.5: a
 single centre view, BN in eval mode, dropout off).
 
 Evaluation data is held as uint8 tensors (``ltpa.data.load_tensors``); batches become float [0, 1] images at
@@ -27,6 +27,7 @@ from ltpa.models import LTPAModel
 
 __all__ = [
     "MASK_DATASETS",
+    "MAX_MAP_SIZE",
     "EvalData",
     "batch_slices",
     "check_classes",
@@ -209,6 +210,7 @@ def load_checkpoints(
 
     if not paths:
         raise LTPAError("no checkpoint given; pass one or more run folders or .safetensors files")
+    device = resolve_device(device)  # "auto" -> cuda when available, else cpu
     models = []
     seen: set[str] = set()
     for path in paths:
@@ -224,7 +226,7 @@ def load_checkpoints(
 
 def data_options_for(model: nn.Module, data: str, options: dict[str, Any]) -> dict[str, Any]:
     """Dataset options for evaluating ``model`` on ``data``: a 10-class model on ``stl10`` reads it with
-    CIFAR-10 labels (the nine shared classes, monkeys dropped; PAPER 4.2) unless the options say otherwise."""
+    CIFAR-10 labels (the nine shared classes, monkeys dropped; method §4.2) unless the options say otherwise."""
     options = dict(options)
     if data == "stl10" and int(getattr(model, "num_classes", 0)) == 10:
         options.setdefault("cifar10_labels", True)
@@ -277,6 +279,8 @@ def data_for_models(
 
 
 MASK_DATASETS: tuple[str, ...] = ("object-discovery", "cluttered-digits", "cluttered-fashion")
+# Largest side at which segment/localize compare maps and masks: every map kind holds N x side x side floats.
+MAX_MAP_SIZE = 1024
 
 
 def masked_data(models: Sequence[LTPAModel], config: Any, command: str) -> tuple[EvalData, torch.Tensor, int]:
@@ -288,6 +292,11 @@ def masked_data(models: Sequence[LTPAModel], config: Any, command: str) -> tuple
     Raises:
         LTPAError: for a dataset without masks, naming the ones that have them.
     """
+    if config.size is not None and not (isinstance(config.size, int) and 1 <= config.size <= MAX_MAP_SIZE):
+        raise LTPAError(
+            f"{command}: --size must be a whole number of pixels in 1..{MAX_MAP_SIZE} (the side at which maps "
+            f"and masks are compared), got {config.size!r}"
+        )
     size = config.size or max(int(m.img_size) for m in models)
     data = data_for_models(
         models[:1],

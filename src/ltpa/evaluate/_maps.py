@@ -1,7 +1,7 @@
 """Spatial maps of a model and of the baselines: attention, CAM, Grad-CAM, a centred Gaussian, a uniform map.
 
-Paper: "Learn To Pay Attention", Jetley et al., ICLR 2018, https://arxiv.org/abs/1804.02391 (PAPER 4.3 and
-4.5: maps are bilinearly upsampled to the image and min-max scaled per image, since a softmax over 1,024
+Paper: "Learn To Pay Attention", Jetley et al., ICLR 2018, https://arxiv.org/abs/1804.02391 (method §4.3 and
+§4.5: maps are bilinearly upsampled to the image and min-max scaled per image, since a softmax over 1,024
 positions looks empty otherwise).
 
 * Attention maps are what ``model.forward_attention`` returns, one per attended level, named by
@@ -172,7 +172,7 @@ def gradcam_target_layer(model: nn.Module) -> nn.Module:
     """The module whose output Grad-CAM explains: the last convolutional block of the trunk.
 
     For the attention VGGs that is conv13 (not conv15 of the global path, which under pc receives no gradient,
-    PAPER 1.7); for PAN conv13 on the gated map; for VGG and VGG-GAP conv13; for the ResNets stage 3. Other
+    method §1.7); for PAN conv13 on the gated map; for VGG and VGG-GAP conv13; for the ResNets stage 3. Other
     models: the last ``nn.Conv2d`` they register.
     """
     from ltpa.models import VGG, VGGGAP, VGGPAN, AttnVGG, PreActResNet
@@ -258,7 +258,7 @@ def _package_grad_cam(
     from pytorch_grad_cam import GradCAM
     from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
 
-    # Not used as a context manager: grad-cam's __exit__ swallows IndexError (STYLE 10).
+    # Not used as a context manager: grad-cam's __exit__ swallows IndexError (CONTRIBUTING.md §10).
     cam = GradCAM(model=model, target_layers=[layer])
     try:
         maps = cam(input_tensor=x, targets=[ClassifierOutputTarget(int(c)) for c in classes])

@@ -1,5 +1,5 @@
-"""Top-1 accuracy, per-class accuracy and confusion matrices (PAPER 3.5 and 4.1), and STL-10 scored directly
-through a CIFAR-10 head (PAPER 4.2).
+"""Top-1 accuracy, per-class accuracy and confusion matrices (method §3.5 and §4.1), and STL-10 scored directly
+through a CIFAR-10 head (method §4.2).
 
 Paper: "Learn To Pay Attention", Jetley et al., ICLR 2018, https://arxiv.org/abs/1804.02391.
 

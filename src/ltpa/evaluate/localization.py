@@ -1,6 +1,6 @@
 """How well attention finds the object: attention mass in the object's box and mask, and the pointing game.
 
-Paper: "Learn To Pay Attention", Jetley et al., ICLR 2018, https://arxiv.org/abs/1804.02391 (PAPER 4.5:
+Paper: "Learn To Pay Attention", Jetley et al., ICLR 2018, https://arxiv.org/abs/1804.02391 (method §4.5:
 layer-10 attention covers the object, layer-13 a compact discriminative part). Scored on data whose object
 footprint is known (``cluttered-digits``, ``cluttered-fashion``, ``object-discovery``).
 

@@ -1,10 +1,10 @@
-"""Robustness to adversarial images: FGSM and PGD, accuracy under attack and fooling rate (PAPER 4.4).
+"""Robustness to adversarial images: FGSM and PGD, accuracy under attack and fooling rate (method §4.4).
 
 Paper: "Learn To Pay Attention", Jetley et al., ICLR 2018, https://arxiv.org/abs/1804.02391. The paper claims
 better robustness to the fast gradient sign method (Goodfellow et al. 2015) but gives neither code nor
-protocol; we follow PAPER 4.4's recommendation.
+protocol; we follow method §4.4's recommendation.
 
-The attacks follow the torchattacks contract (STYLE 9): images in [0, 1], normalisation inside the model, the
+The attacks follow the torchattacks contract (CONTRIBUTING.md §9): images in [0, 1], normalisation inside the model, the
 model in eval mode during the attack (each module's flag restored afterwards), gradients taken with respect to
 the input only (parameter ``.grad`` untouched), adversarial images clipped to [0, 1]. ``eps`` of
 :func:`fgsm` / :func:`pgd` is in [0, 1] pixel units (8/255 ...); :func:`attack_sweep`, ``attack.csv`` and the
@@ -83,6 +83,16 @@ def _check_images(images: torch.Tensor, eps: float) -> None:
         raise LTPAError(f"epsilon must be a finite number >= 0, got {eps}")
 
 
+def _check_pgd(steps: int, alpha: float | None, *, unit: str = "") -> None:
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise LTPAError(f"PGD needs at least 1 step (--steps), got {steps!r}")
+    if alpha is not None and not (math.isfinite(alpha) and alpha > 0):
+        raise LTPAError(
+            f"PGD step size (--alpha{unit}) must be a finite number > 0, got {alpha!r}; omit it for the "
+            "default 2.5 * eps / steps"
+        )
+
+
 def fgsm(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, eps: float) -> torch.Tensor:
     """The fast gradient sign method: one signed-gradient step of size ``eps``, clipped to [0, 1].
 
@@ -132,8 +142,7 @@ def pgd(
         - output: (B, 3, H, W), in [0, 1], at most ``eps`` from ``images`` per pixel
     """
     _check_images(images, eps)
-    if steps < 1:
-        raise LTPAError(f"PGD needs at least 1 step, got {steps}")
+    _check_pgd(steps, alpha)
     if eps == 0:
         return images.detach().clone()
     alpha = 2.5 * eps / steps if alpha is None else alpha
@@ -226,6 +235,8 @@ def attack_sweep(
     """
     if method not in ATTACKS:
         raise LTPAError(f"unknown attack {method!r}; choose one of {', '.join(ATTACKS)}")
+    if method == "pgd":
+        _check_pgd(steps, alpha, unit=", in 1/255 units")
     labels = labels.long().cpu()
     clean_pred = predict(model, images, batch_size=batch_size, progress=progress, desc="clean").argmax(dim=1)
     correct = clean_pred == labels
@@ -309,6 +320,8 @@ def run_attack(checkpoints: Sequence[str | os.PathLike[str]], config: AttackConf
         raise LTPAError(f"unknown attack {config.method!r}; choose one of {', '.join(ATTACKS)}")
     if not config.epsilons:
         raise LTPAError("no epsilon given; pass e.g. --eps 0,1,2,4,8,16")
+    if config.method == "pgd":  # before the checkpoints and data are loaded
+        _check_pgd(config.steps, config.alpha, unit=", in 1/255 units")
     models = load_checkpoints(checkpoints, which=config.which, device=config.device)
     out = Path(config.out)
     rows: list[dict[str, Any]] = []

@@ -1,9 +1,9 @@
-"""Weakly supervised segmentation from attention maps, scored by the Jaccard index (PAPER 4.3).
+"""Weakly supervised segmentation from attention maps, scored by the Jaccard index (method §4.3).
 
 Paper: "Learn To Pay Attention", Jetley et al., ICLR 2018, https://arxiv.org/abs/1804.02391. The paper
 binarises attention maps of a CIFAR-trained (VGG-att2)-concat-pc on the Object Discovery subsets (Airplane100,
 Car100, Horse100) and reports the Jaccard index against the ground truth; its binarisation rule is unknown
-(PAPER 6.3), so every rule is a parameter here and each is reported:
+(method §6.3), so every rule is a parameter here and each is reported:
 
 * each level's map, and the mean of the levels, is bilinearly upsampled to the image and min-max scaled per
   image (a constant map becomes all ones, i.e. the whole image);

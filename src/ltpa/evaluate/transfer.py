@@ -1,9 +1,9 @@
-"""Transfer to unseen datasets: frozen features and a linear classifier (the "6 unseen datasets", PAPER 4.2).
+"""Transfer to unseen datasets: frozen features and a linear classifier (the "6 unseen datasets", method §4.2).
 
 Paper: "Learn To Pay Attention", Jetley et al., ICLR 2018, https://arxiv.org/abs/1804.02391. The paper
 extracts one fixed feature vector per image from CIFAR-trained models (the concatenated attention descriptors
 for attention models, the penultimate layer for baselines: exactly ``model.forward_features``) and classifies
-the target datasets with a linear classifier; classifier, splits and numbers are unknown (PAPER 6.2), so:
+the target datasets with a linear classifier; classifier, splits and numbers are unknown (method §6.2), so:
 
 * images are resized to the model's input side (32 for CIFAR models), features extracted once per model,
   dataset and split and cached as safetensors;
@@ -11,7 +11,7 @@ the target datasets with a linear classifier; classifier, splits and numbers are
   k-fold cross-validation on the training split only;
 * the test split's accuracy is reported per dataset and model.
 
-STL-10 read directly through the CIFAR-10 head is ``ltpa eval CKPT --data stl10`` (PAPER 4.2).
+STL-10 read directly through the CIFAR-10 head is ``ltpa eval CKPT --data stl10`` (method §4.2).
 """
 
 from __future__ import annotations
