@@ -4,7 +4,7 @@ Paper: https://arxiv.org/abs/1804.02391
 
 Every spatial local feature ``l_i`` of a convolutional layer is scored against a global image feature
 ``g`` (compatibility), the scores are normalised over all positions into an attention map ``a``, and the
-attention-pooled descriptor ``g_a = sum_i a_i l_i`` is what the classifier sees (PAPER 1.2-1.5).
+attention-pooled descriptor ``g_a = sum_i a_i l_i`` is what the classifier sees (method §1.2-1.5).
 
 The block is usable on its own in any network::
 
@@ -19,6 +19,8 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ltpa.layers import Dropout
 
 __all__ = [
     "COMPATIBILITIES",
@@ -56,26 +58,26 @@ def _check_choice(kind: str, value: str, valid: tuple[str, ...]) -> None:
 class LinearAttention(nn.Module):
     """Attention over the positions of one local feature map, steered by a global feature.
 
-    Compatibility functions (PAPER 1.2 and one beyond the paper):
+    Compatibility functions (method §1.2 and one beyond the paper):
 
     * ``"pc"`` (parametrised): ``c_i = <u, l_i + g>`` with a learned ``u``, computed as in the official code
       by a 1x1 convolution with bias over ``l + g``.
     * ``"dp"`` (dot product): ``c_i = <l_i, g>``, no parameters.
     * ``"add"`` (additive, not in the paper): ``c_i = <u, relu(W_l l_i + W_g g)>``. Under ``pc`` with a softmax
-      the term ``<u, g>`` is the same at every position and cancels (PAPER 1.7): the map cannot depend on
+      the term ``<u, g>`` is the same at every position and cancels (method §1.7): the map cannot depend on
       ``g`` and the global path receives no gradient. The nonlinearity between ``l_i`` and ``g`` here lets the
       global feature really act as a query that steers the softmax map.
 
     Under ``pc`` + ``softmax`` that per-image constant is still computed (so the global path's batch-norm
     statistics update as in the official code) but enters the scores with weight zero: the map is the same
-    as with the term, and the exact zero gradient of the global path (PAPER 1.7) is exactly zero in floating
+    as with the term, and the exact zero gradient of the global path (method §1.7) is exactly zero in floating
     point too, instead of rounding noise. Weight decay still reaches those parameters, as in the official code.
 
-    Normalisations (PAPER 1.4): ``"softmax"`` over all H*W positions (the paper: weights sum to 1 and the
+    Normalisations (method §1.4): ``"softmax"`` over all H*W positions (the paper: weights sum to 1 and the
     descriptor is a convex combination), or ``"sigmoid"``: an independent gate per position followed by a
     spatial average (as some reimplementations do).
 
-    Matching dimensions when ``local_channels != global_channels`` (PAPER 1.3):
+    Matching dimensions when ``local_channels != global_channels`` (method §1.3):
 
     * ``match="global"`` (official default, variant B): ``g -> BN1d -> ReLU -> Dropout -> Linear(D -> C)``
       and the descriptor has the local width C.
@@ -126,13 +128,13 @@ class LinearAttention(nn.Module):
                 self.global_proj = nn.Sequential(
                     nn.BatchNorm1d(global_channels),
                     nn.ReLU(inplace=True),
-                    nn.Dropout(drop_rate),
+                    Dropout(drop_rate),
                     nn.Linear(global_channels, local_channels),
                 )
             else:
                 self.local_proj = nn.Conv2d(local_channels, global_channels, kernel_size=1)
                 self.global_proj = nn.Sequential(
-                    nn.BatchNorm1d(global_channels), nn.ReLU(inplace=True), nn.Dropout(drop_rate)
+                    nn.BatchNorm1d(global_channels), nn.ReLU(inplace=True), Dropout(drop_rate)
                 )
                 width = global_channels
         self.out_channels = width
@@ -217,7 +219,7 @@ def create_attention(
 class ScaleGrad(torch.autograd.Function):
     """Identity in the forward pass; multiplies the incoming gradient by ``scale`` in the backward pass.
 
-    Used for the official code's gradient *averaging* at branch points (PAPER 3.3): a tensor feeding k
+    Used for the official code's gradient *averaging* at branch points (method §3.3): a tensor feeding k
     consumers gets ``scale = 1/k`` on each branch, so its gradient is the mean instead of the sum.
     """
 

@@ -1,12 +1,12 @@
 """Training configuration: one dataclass, filled from YAML, a named preset and overrides, in that order.
 
-Presets reproduce the recipes of "Learn To Pay Attention" (https://arxiv.org/abs/1804.02391; PAPER 3.1-3.4),
+Presets reproduce the recipes of "Learn To Pay Attention" (https://arxiv.org/abs/1804.02391; method §3.1-3.4),
 one per row of the paper's tables: ``<model>-<dataset>``, e.g. ``vgg_att3_concat_pc-cifar100``.
 
 The VGG recipes keep the official Torch optimiser exactly: ``optim.sgd`` with learning rate 1, momentum 0.9
 and (Torch's default) dampening 0.9, i.e. ``SGD(lr=1, momentum=0.9, dampening=0.9)`` here, which is the
 standard ``lr=0.1, dampening=0`` up to the first step. Plain ``SGD(lr=1, momentum=0.9)`` would be ten times
-too large (PAPER 3.1).
+too large (method §3.1).
 """
 
 from __future__ import annotations
@@ -44,7 +44,7 @@ class TrainConfig:
     test_subset: int | None = None  # first N test images for the per-epoch evaluation
     init_from: str | None = None  # checkpoint whose weights (all but the classifier) start the run
     preset: str | None = None
-    # optimiser (PAPER 3.1)
+    # optimiser (method §3.1)
     optimizer: str = "sgd"  # sgd (the paper) | adamw (for short CPU runs such as the demo)
     epochs: int = 300
     batch_size: int = 128
@@ -66,8 +66,10 @@ class TrainConfig:
     out: str | None = None
     seed: int = 0
     device: str = "auto"
-    amp: str = "auto"  # auto (bf16/fp16 on CUDA, off on CPU) | off | bf16 | fp16
-    channels_last: str = "auto"
+    # auto | off | bf16 | fp16; auto: bf16 on CUDA and on CPUs with native bf16, else fp32 (ltpa.runtime)
+    amp: str = "auto"
+    channels_last: str = "auto"  # auto | on | off; auto: on for CUDA, the faster format measured on a CPU
+    threads: int | None = None  # CPU threads; None: the idle cores (ltpa.system.choose_threads)
     compile: bool = False
     sync_bn: bool = False
     eval_batch_size: int = 500
@@ -224,5 +226,9 @@ def _validate(cfg: TrainConfig) -> None:
         raise LTPAError(f"unknown lr_schedule {cfg.lr_schedule!r}; choose step or cosine")
     if cfg.amp not in ("auto", "off", "bf16", "fp16"):
         raise LTPAError(f"unknown amp {cfg.amp!r}; choose auto, off, bf16 or fp16")
+    if cfg.channels_last not in ("auto", "on", "off"):
+        raise LTPAError(f"unknown channels_last {cfg.channels_last!r}; choose auto, on or off")
+    if cfg.threads is not None and cfg.threads < 1:
+        raise LTPAError(f"threads must be at least 1 (got {cfg.threads}); omit it to use the idle cores")
     if cfg.lr <= 0 or cfg.width <= 0:
         raise LTPAError("lr and width must be positive")

@@ -42,6 +42,9 @@ class DemoConfig:
     num_test: int = 1000
     seed: int = 0
     device: str = "auto"
+    amp: str = "auto"  # see TrainConfig: bf16 autocast where the CPU computes bf16 natively
+    channels_last: str = "auto"
+    threads: int | None = None  # None: the idle cores
     quiet: bool = False
     drop_scale: float = 0.0  # dropout off: a few epochs on a narrow net underfit rather than overfit
     data_options: dict[str, Any] = field(default_factory=dict)
@@ -72,6 +75,9 @@ class DemoConfig:
             out=str(Path(self.out) / model),
             seed=self.seed,
             device=self.device,
+            amp=self.amp,
+            channels_last=self.channels_last,
+            threads=self.threads,
             quiet=self.quiet,
         )
 
@@ -191,12 +197,14 @@ def run_demo(cfg: DemoConfig | None = None) -> dict[str, Any]:
     models: dict[str, LTPAModel] = {}
     histories: dict[str, list[dict[str, Any]]] = {}
     train_seconds: dict[str, float] = {}
+    runtimes: dict[str, dict[str, Any]] = {}
     for name in names:
         if not cfg.quiet:
             print(f"[demo] training {name} (width {cfg.width}) on {cfg.data}", file=sys.stderr)
         t0 = time.perf_counter()
         result = fit(cfg.train_config(name))
         train_seconds[name] = time.perf_counter() - t0
+        runtimes[name] = json.loads((result.run_dir / "run.json").read_text())["runtime"]
         models[name] = result.model
         histories[name] = result.history
 
@@ -211,6 +219,7 @@ def run_demo(cfg: DemoConfig | None = None) -> dict[str, Any]:
         res = _evaluate(model, images, labels, masks)
         res["params"] = sum(p.numel() for p in model.parameters())
         res["train_seconds"] = round(train_seconds[name], 1)
+        res["runtime"] = runtimes[name]
         results[name] = res
 
     pick = torch.arange(0, len(images), max(1, len(images) // 8))[:8]
@@ -220,7 +229,8 @@ def run_demo(cfg: DemoConfig | None = None) -> dict[str, Any]:
         "wall_seconds": round(time.perf_counter() - start, 1),
         "box_area_fraction": round(float(box_area.mean()), 4),
         "models": {
-            name: {k: results[name][k] for k in ("test_accuracy", "attention_mass_in_box")} for name in names
+            name: {k: results[name][k] for k in ("test_accuracy", "attention_mass_in_box", "runtime")}
+            for name in names
         },
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
@@ -228,6 +238,14 @@ def run_demo(cfg: DemoConfig | None = None) -> dict[str, Any]:
     if not cfg.quiet:
         print((out / "report.md").read_text())
     return summary
+
+
+def _runtime_words(runtime: dict[str, Any]) -> str:
+    """``{"threads": 2, "amp": "bf16", "channels_last": "on"}`` -> ``"2 threads, bf16, channels-last"``."""
+    words = [f"{runtime['threads']} threads"] if runtime.get("threads") else []
+    words.append("fp32" if runtime["amp"] == "off" else runtime["amp"])
+    words.append("channels-last" if runtime["channels_last"] == "on" else "contiguous")
+    return ", ".join(words)
 
 
 def _write_report(cfg: DemoConfig, out: Path, summary: dict[str, Any], results: dict[str, Any]) -> None:
@@ -241,13 +259,14 @@ def _write_report(cfg: DemoConfig, out: Path, summary: dict[str, Any], results: 
         f"{cfg.lr}, warm-up then cosine), one seed: a short CPU budget, not the paper's recipe (see `ltpa train "
         f"--list-presets`). Wall time {summary['wall_seconds']} s.",
         "",
-        "| model | parameters | test accuracy | attention mass in box, per level | train time (s) |",
-        "|---|---:|---:|---|---:|",
+        "| model | parameters | test accuracy | attention mass in box, per level | train time (s) | runtime |",
+        "|---|---:|---:|---|---:|---|",
     ]
     for name, res in results.items():
         mass = ", ".join(f"{m:.3f} ({m / frac:.1f}x)" for m in res["attention_mass_in_box"]) or "-"
         lines.append(
-            f"| `{name}` | {res['params']:,} | {res['test_accuracy']:.4f} | {mass} | {res['train_seconds']} |"
+            f"| `{name}` | {res['params']:,} | {res['test_accuracy']:.4f} | {mass} | {res['train_seconds']} | "
+            f"{_runtime_words(res['runtime'])} |"
         )
     lines += [
         "",

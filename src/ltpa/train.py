@@ -1,6 +1,6 @@
 """Training: the paper's recipes with exact optimiser semantics, exact resume, and DDP through torchrun.
 
-Paper: "Learn To Pay Attention", https://arxiv.org/abs/1804.02391 (PAPER 3).
+Paper: "Learn To Pay Attention", https://arxiv.org/abs/1804.02391 (method §3).
 
 ``fit(config)`` trains one model and writes a run folder::
 
@@ -16,7 +16,6 @@ resumed from any saved state ends with the same weights and metrics as an uninte
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import json
 import math
@@ -42,6 +41,8 @@ from ltpa.checkpoint import atomic_write, save_checkpoint
 from ltpa.config import TrainConfig
 from ltpa.errors import LTPAError
 from ltpa.models import LTPAModel, create_model
+from ltpa.runtime import autocast, choose_channels_last, resolve_precision
+from ltpa.system import configure_threads
 
 __all__ = ["FitResult", "build_model", "fit", "lr_at", "make_optimizer"]
 
@@ -141,21 +142,6 @@ def _resolve_device(cfg: TrainConfig, dist_info: _Dist) -> torch.device:
     return device
 
 
-def _amp_dtype(cfg: TrainConfig, device: torch.device) -> torch.dtype | None:
-    if device.type != "cuda":
-        if cfg.amp in ("bf16", "fp16"):
-            # bf16 on a CPU without native support runs at a fraction of fp32 speed: never silently.
-            raise LTPAError(f"--amp {cfg.amp} is for CUDA devices; train on the CPU in fp32 (--amp off)")
-        return None
-    if cfg.amp == "off":
-        return None
-    if cfg.amp == "fp16":
-        return torch.float16
-    if cfg.amp == "bf16" or torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float16
-
-
 # ----------------------------------------------------------------------------------------------- data
 
 
@@ -238,7 +224,7 @@ def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
 
 def _init_from(model: LTPAModel, path: str) -> int:
     """Loads every weight of the checkpoint at ``path`` whose name and shape fit, except the classifier and
-    the input normalisation (the CUB recipe, PAPER 2.3). Returns the number of tensors loaded."""
+    the input normalisation (the CUB recipe, method §2.3). Returns the number of tensors loaded."""
     from ltpa.checkpoint import checkpoint_paths, resolve_checkpoint
 
     weights, _ = checkpoint_paths(resolve_checkpoint(path))
@@ -295,7 +281,7 @@ def _test_metrics(
         sel = idx[start : start + batch_size]
         x = _to_float(images[sel].to(device, non_blocking=True))
         y = labels[sel].to(device)
-        with _autocast(device, amp_dtype):
+        with autocast(device, amp_dtype):
             logits = model(x)
         correct += (logits.argmax(1) == y).sum()
         loss_sum += F.cross_entropy(logits.float(), y, reduction="sum").double()
@@ -307,12 +293,6 @@ def _test_metrics(
     model.train(was_training)
     n = max(1, len(images))
     return float(correct) / n, float(loss_sum) / n
-
-
-def _autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
 
 
 # ----------------------------------------------------------------------------------------------- run folder
@@ -501,7 +481,14 @@ def fit(
 
     dist_info = _init_distributed(cfg.device)
     device = _resolve_device(cfg, dist_info)
-    amp_dtype = _amp_dtype(cfg, device)
+    runtime: dict[str, Any] = {}
+    if device.type == "cpu":
+        threads = configure_threads(cfg.threads)
+        cfg.threads = threads.threads  # resolved: config.yaml records it, so --resume computes the same
+        runtime["threads"] = threads.reason
+    precision = resolve_precision(cfg.amp, device)
+    cfg.amp, amp_dtype = precision.name, precision.dtype
+    runtime["amp"] = precision.reason
     log = dist_info.main and not cfg.quiet
     bar = log and sys.stderr.isatty()
     if cfg.batch_size % dist_info.world:
@@ -527,7 +514,17 @@ def fit(
         _preflight(run_dir, need_bytes=n_params * 4 * 5 + (64 << 20))
 
     model.to(device)
-    if device.type == "cuda" and cfg.channels_last in ("auto", "on"):
+    channels_last, runtime["channels_last"] = choose_channels_last(
+        cfg.channels_last,
+        model,
+        _to_float(data.train_x[: cfg.batch_size].to(device)),
+        data.train_y[: cfg.batch_size].to(device),
+        device,
+        amp_dtype,
+        cache_key=(cfg.model, cfg.width, img_size, repr(cfg.model_kwargs), cfg.amp, torch.get_num_threads()),
+    )
+    cfg.channels_last = "on" if channels_last else "off"
+    if channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(cfg, model)
     history: list[dict[str, Any]] = []
@@ -570,6 +567,8 @@ def fit(
             "test_images": len(data.test_x),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "resumed_from_epoch": start_epoch if resume is not None else None,
+            "runtime": {"threads": cfg.threads, "amp": cfg.amp, "channels_last": cfg.channels_last},
+            "runtime_reasons": runtime,
         }
         atomic_write(
             run_dir / "run.json", lambda tmp: Path(tmp).write_text(json.dumps(run_info, indent=2) + "\n")
@@ -589,6 +588,7 @@ def fit(
             f"training {cfg.model} ({n_params:,} parameters) on {cfg.data}: {n} images, {steps} steps/epoch, "
             f"{cfg.epochs} epochs, device {device}"
             + (f" x{dist_info.world}" if dist_info.enabled else "")
+            + f" ({_runtime_summary(cfg, device)})"
             + f" -> {run_dir}",
             file=sys.stderr,
         )
@@ -612,9 +612,9 @@ def fit(
                     sel = sel[dist_info.rank * per_rank : (dist_info.rank + 1) * per_rank].to(device)
                     x = _to_float(_augment(cfg, train_x[sel], gen))
                     y = train_y[sel]
-                    if device.type == "cuda" and cfg.channels_last in ("auto", "on"):
+                    if channels_last:
                         x = x.contiguous(memory_format=torch.channels_last)
-                    with _autocast(device, amp_dtype):
+                    with autocast(device, amp_dtype):
                         logits = train_model(x)
                         loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
                     loss_value = float(loss.detach())
@@ -744,6 +744,14 @@ def fit(
                 writer.close()
     model.eval()
     return FitResult(run_dir=run_dir, model=model, history=history)
+
+
+def _runtime_summary(cfg: TrainConfig, device: torch.device) -> str:
+    """E.g. ``"2 threads, bf16 autocast, channels-last"``: what the resolved runtime settings mean."""
+    parts = [f"{cfg.threads} threads"] if device.type == "cpu" else []
+    parts.append("fp32" if cfg.amp == "off" else f"{cfg.amp} autocast")
+    parts.append("channels-last" if cfg.channels_last == "on" else "contiguous")
+    return ", ".join(parts)
 
 
 def _any_rank(flag: bool, device: torch.device) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from ltpa.commands.train import add_speed_args
 from ltpa.demo import DemoConfig, run_demo
 
 
@@ -36,6 +37,9 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     group.add_argument("--num-test", type=int, default=defaults.num_test, help="test images")
     group.add_argument("--seed", type=int, default=defaults.seed)
     group.add_argument("--device", default=defaults.device, help="auto (default), cpu or cuda")
+    speed = parser.add_argument_group("speed")
+    add_speed_args(speed)
+    parser.set_defaults(amp=defaults.amp, channels_last=defaults.channels_last, threads=defaults.threads)
     parser.add_argument("--quiet", action="store_true", help="no progress output")
     parser.set_defaults(func=demo_command)
     return parser
@@ -52,6 +56,9 @@ def demo_command(args: argparse.Namespace) -> int:
         num_test=args.num_test,
         seed=args.seed,
         device=args.device,
+        amp=args.amp,
+        channels_last=args.channels_last,
+        threads=args.threads,
         quiet=args.quiet,
     )
     run_demo(cfg)

@@ -25,6 +25,30 @@ def add_data_option_arg(group: argparse._ArgumentGroup | argparse.ArgumentParser
     )
 
 
+THREADS_HELP = (
+    "CPU threads (default: the cores other processes leave idle, measured at start; $LTPA_THREADS or "
+    "$OMP_NUM_THREADS also set it). Threads sharing a core with another busy process make every step wait "
+    "for the slowest one: on a 2-core machine with one other busy process, 2 threads ran at 0.1-0.3x of their "
+    "idle speed and 1 thread at 0.7x. The count changes results in the last bits; --resume reuses it"
+)
+
+
+def add_speed_args(group: argparse._ArgumentGroup | argparse.ArgumentParser) -> None:
+    """``--amp``, ``--channels-last`` and ``--threads``: how training uses the device (``ltpa.runtime``)."""
+    group.add_argument(
+        "--amp",
+        choices=["auto", "off", "bf16", "fp16"],
+        help="mixed precision (default auto: bf16 autocast on CUDA and on CPUs that compute bf16 natively, "
+        "fp32 on other CPUs, where emulated bf16 is slower)",
+    )
+    group.add_argument(
+        "--channels-last",
+        choices=["auto", "on", "off"],
+        help="memory format (default auto: on for CUDA; on a CPU the faster one, timed on a few steps)",
+    )
+    group.add_argument("--threads", type=int, metavar="N", help=THREADS_HELP)
+
+
 def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "train",
@@ -70,7 +94,7 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     run.add_argument("--out", help="run folder (default runs/<model>-<data>-s<seed>-<time>)")
     run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its folder")
     run.add_argument("--device", help="auto (default), cpu, cuda, cuda:1")
-    run.add_argument("--amp", choices=["auto", "off", "bf16", "fp16"], help="mixed precision (CUDA only)")
+    add_speed_args(run)
     run.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
     run.add_argument("--sync-bn", action="store_true", default=None, help="SyncBatchNorm under DDP (CUDA)")
     run.add_argument("--checkpoint-every", type=int, help="also save resume state every N steps")
@@ -85,8 +109,8 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
 
 _FLAG_KEYS = (
     "model", "data", "root", "subset", "test_subset", "width", "img_size", "preprocess", "init_from", "epochs",
-    "batch_size", "lr", "augment", "seed", "out", "device", "amp", "compile", "sync_bn", "checkpoint_every",
-    "tensorboard", "quiet",
+    "batch_size", "lr", "augment", "seed", "out", "device", "amp", "channels_last", "threads", "compile",
+    "sync_bn", "checkpoint_every", "tensorboard", "quiet",
 )  # fmt: skip
 
 

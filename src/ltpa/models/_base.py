@@ -1,6 +1,6 @@
 """What every ltpa model shares: the output contract, layer builders and the official initialisation.
 
-Paper: "Learn To Pay Attention", https://arxiv.org/abs/1804.02391 (PAPER 2 and 3.6 for the details).
+Paper: "Learn To Pay Attention", https://arxiv.org/abs/1804.02391 (method §2 and §3.6 for the details).
 """
 
 from __future__ import annotations
@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from ltpa.attention import scale_grad
+from ltpa.layers import Dropout
 from ltpa.preprocess import build_preprocess
 
 __all__ = ["AttentionOutput", "LTPAModel", "conv_bn_relu", "init_official", "scaled"]
@@ -46,13 +47,13 @@ def conv_bn_relu(in_channels: int, out_channels: int, drop_rate: float = 0.0) ->
         nn.ReLU(inplace=True),
     ]
     if drop_rate > 0:
-        layers.append(nn.Dropout(drop_rate))
+        layers.append(Dropout(drop_rate))
     return nn.Sequential(*layers)
 
 
 @torch.no_grad()
 def init_official(module: nn.Module, *, zero_linear_bias: bool = False) -> None:
-    """The official initialisation (PAPER 3.6).
+    """The official initialisation (method §3.6).
 
     Convolutions: ``N(0, sqrt(2 / (k*k*C_out)))`` ("MSR", Kaiming-normal fan-out), bias 0. Linear layers:
     Torch's default ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` for weight and bias (bias 0 for the ResNets).
@@ -86,7 +87,7 @@ class LTPAModel(nn.Module):
       (``self.preprocess``) is part of the model.
     * ``model.forward_attention(x)`` returns :class:`AttentionOutput`.
     * ``model.forward_features(x)`` returns the input of the final linear classifier (B, F): the feature used
-      for transfer (PAPER 4.2).
+      for transfer (method §4.2).
     * ``model.attn_info``: one dict per attended level with ``name``, ``channels`` and ``stride`` (relative to
       the input), shallowest first, as timm's ``feature_info``.
 
@@ -115,7 +116,7 @@ class LTPAModel(nn.Module):
 
     def _branch(self, x: torch.Tensor, consumers: int) -> torch.Tensor:
         """Marks one of ``consumers`` uses of ``x``: with code-faithful gradient averaging on, the gradient
-        arriving through this use is divided by ``consumers`` (PAPER 3.3)."""
+        arriving through this use is divided by ``consumers`` (method §3.3)."""
         return scale_grad(x, 1.0 / consumers) if self.grad_averaging else x
 
     def _forward(self, x: torch.Tensor) -> tuple[AttentionOutput, torch.Tensor]:
@@ -150,5 +151,5 @@ class LTPAModel(nn.Module):
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replaces the final linear layer(s) by fresh ones for ``num_classes`` classes (the CUB recipe
-        initialises everything else from a CIFAR-100 model, PAPER 2.3)."""
+        initialises everything else from a CIFAR-100 model, method §2.3)."""
         raise NotImplementedError

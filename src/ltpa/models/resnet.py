@@ -1,4 +1,4 @@
-"""Pre-activation ResNet-164 and RN-att2 of "Learn To Pay Attention" (PAPER 2.4, 2.5).
+"""Pre-activation ResNet-164 and RN-att2 of "Learn To Pay Attention" (method §2.4, §2.5).
 
 Paper: https://arxiv.org/abs/1804.02391. Backbone: He et al. 2016, "Identity Mappings in Deep Residual
 Networks" (bottleneck units, depth 9n+2 with n = 18).
@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from ltpa.attention import create_attention
+from ltpa.layers import Dropout
 from ltpa.models._base import CONV_BN_EPS, AttentionOutput, LTPAModel, init_official, scaled
 from ltpa.models.vgg import AttentionHead
 
@@ -56,7 +57,7 @@ class PreActResNet(LTPAModel):
     """Pre-activation bottleneck ResNet (depth 9n+2), with or without RN-att2 attention.
 
     Without attention (``attention_levels=()``): BN-ReLU-global average pool-Linear, the RN-164 baseline.
-    With attention on stages 2 and 3 (RN-att2, PAPER 2.4): the taps are the raw residual sums; the global
+    With attention on stages 2 and 3 (RN-att2, method §2.4): the taps are the raw residual sums; the global
     feature g comes from stage 3 through BN-ReLU-pool-Conv-BN-ReLU-Dropout-pool-Dropout-Linear; each level's
     descriptor passes BN1d-ReLU-Dropout(0.3) before the classifier.
 
@@ -68,7 +69,7 @@ class PreActResNet(LTPAModel):
         compatibility, normalization, combine, indep_mode, match: as in :class:`ltpa.models.vgg.AttnVGG`.
         width: channel multiplier.
         drop_scale: multiplies every dropout probability.
-        grad_averaging: the official code's gradient averaging at branch points (PAPER 3.3).
+        grad_averaging: the official code's gradient averaging at branch points (method §3.3).
         preprocess: input normalisation preset.
 
     Shape:
@@ -124,10 +125,10 @@ class PreActResNet(LTPAModel):
                 nn.Conv2d(c3, c3, 3, padding=1),
                 nn.BatchNorm2d(c3, eps=CONV_BN_EPS),
                 nn.ReLU(inplace=True),
-                nn.Dropout(0.4 * drop_scale),
+                Dropout(0.4 * drop_scale),
                 nn.AdaptiveMaxPool2d(1),
                 nn.Flatten(1),
-                nn.Dropout(0.5 * drop_scale),
+                Dropout(0.5 * drop_scale),
                 nn.Linear(c3, c3),
             )
             self.attention = nn.ModuleList(

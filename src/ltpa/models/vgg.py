@@ -1,6 +1,6 @@
 """The VGG family of "Learn To Pay Attention": the cifar.torch baseline, VGG-GAP, PAN and VGG-att{1,2,3}.
 
-Paper: https://arxiv.org/abs/1804.02391 (PAPER 2.1-2.3, 2.5). Layouts, dropouts and parameter counts follow
+Paper: https://arxiv.org/abs/1804.02391 (method §2.1-2.3, §2.5). Layouts, dropouts and parameter counts follow
 the official Torch code; channel counts scale with ``width`` so narrow versions keep the same architecture.
 """
 
@@ -12,19 +12,20 @@ from torch import nn
 
 from ltpa.attention import LinearAttention, create_attention
 from ltpa.errors import LTPAError
+from ltpa.layers import Dropout
 from ltpa.models._base import AttentionOutput, LTPAModel, conv_bn_relu, init_official, scaled
 
 __all__ = ["LEVELS", "VGG", "VGGGAP", "VGGPAN", "AttnVGG"]
 
-# Attended layers of VGG-att1/2/3 (PAPER 2.2): the last 1, 2 or 3 of conv7, conv10 and conv13.
+# Attended layers of VGG-att1/2/3 (method §2.2): the last 1, 2 or 3 of conv7, conv10 and conv13.
 LEVELS: dict[int, tuple[int, ...]] = {1: (13,), 2: (10, 13), 3: (7, 10, 13)}
-# Output channels and dropout after each of conv1..conv13 in the attention trunk (PAPER 2.2).
+# Output channels and dropout after each of conv1..conv13 in the attention trunk (method §2.2).
 _TRUNK = [(64, 0.3), (64, 0.0), (128, 0.4), (128, 0.0), (256, 0.4), (256, 0.4), (256, 0.0)]
 _TRUNK += [(512, 0.4), (512, 0.4), (512, 0.0), (512, 0.4), (512, 0.4), (512, 0.0)]
 
 
 def _default_first_pool(img_size: int) -> int:
-    # CUB's 80x80 input: a 5x5 pool after conv7 brings 80 to the 16x16 of the CIFAR layout (PAPER 2.3).
+    # CUB's 80x80 input: a 5x5 pool after conv7 brings 80 to the 16x16 of the CIFAR layout (method §2.3).
     return 5 if img_size == 80 else 2
 
 
@@ -39,7 +40,7 @@ def _block(first: int, last: int, in_ch: int, width: float, drop_scale: float) -
 
 
 class _GlobalPath(nn.Module):
-    """conv14 and conv15 with pools, then Dropout and FC-1: the global feature g (PAPER 2.2).
+    """conv14 and conv15 with pools, then Dropout and FC-1: the global feature g (method §2.2).
 
     The first pools are the paper's 2x2 (ceil) pools; the last is adaptive so that any input size ends at
     1x1 (at 32x32 input it is exactly the paper's 2x2 pool).
@@ -55,7 +56,7 @@ class _GlobalPath(nn.Module):
             conv_bn_relu(ch, ch, 0.4 * drop_scale),
             nn.AdaptiveMaxPool2d(1),
             nn.Flatten(1),
-            nn.Dropout(0.5 * drop_scale),
+            Dropout(0.5 * drop_scale),
         )
         self.fc = nn.Linear(ch, ch)  # FC-1; no BN/ReLU after it in the official code
         self.out_channels = ch
@@ -65,19 +66,19 @@ class _GlobalPath(nn.Module):
 
 
 class _LevelHead(nn.Module):
-    """Per-level BN1d -> ReLU -> Dropout before the classifier (official code, PAPER 1.6)."""
+    """Per-level BN1d -> ReLU -> Dropout before the classifier (official code, method §1.6)."""
 
     def __init__(self, channels: int, drop_rate: float) -> None:
         super().__init__()
         self.norm = nn.BatchNorm1d(channels)
-        self.drop = nn.Dropout(drop_rate)
+        self.drop = Dropout(drop_rate)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop(F.relu(self.norm(x)))
 
 
 class AttentionHead(nn.Module):
-    """Combines the per-level descriptors into logits: ``concat`` or ``indep`` (PAPER 1.6).
+    """Combines the per-level descriptors into logits: ``concat`` or ``indep`` (method §1.6).
 
     ``indep`` gives each level its own linear classifier. ``indep_mode="mean"`` (default, the paper) returns
     the log of the mean of the per-level class probabilities; ``"product"`` (official code) returns the sum
@@ -131,7 +132,7 @@ class AttentionHead(nn.Module):
 
 
 class AttnVGG(LTPAModel):
-    """VGG-att{1,2,3} (PAPER 2.2): the cifar.torch VGG with the first two max-pools removed, attention at
+    """VGG-att{1,2,3} (method §2.2): the cifar.torch VGG with the first two max-pools removed, attention at
     conv7/conv10/conv13 steered by the global feature g = FC-1, and a classifier on the pooled descriptors.
 
     Args:
@@ -147,7 +148,7 @@ class AttnVGG(LTPAModel):
         width: channel multiplier.
         drop_scale: multiplies every dropout probability (0 turns dropout off).
         first_pool: the pool after conv7 (default 2, or 5 for 80x80 input as in the CUB models).
-        grad_averaging: the official code's gradient averaging at branch points (PAPER 3.3).
+        grad_averaging: the official code's gradient averaging at branch points (method §3.3).
         preprocess: input normalisation preset (``ltpa.preprocess``).
 
     Shape:
@@ -180,7 +181,7 @@ class AttnVGG(LTPAModel):
         first_pool = first_pool or _default_first_pool(img_size)
 
         self.block7, c7 = _block(1, 7, 3, width, drop_scale)
-        # At 80x80 att3 needs conv7 at 32x32 (PAPER 2.3): resample, then the usual 2x2 pool.
+        # At 80x80 att3 needs conv7 at 32x32 (method §2.3): resample, then the usual 2x2 pool.
         resample = first_pool != 2 and 7 in levels
         side7 = img_size
         if resample:
@@ -250,7 +251,7 @@ class AttnVGG(LTPAModel):
 
 
 class VGG(LTPAModel):
-    """The baseline: cifar.torch VGG-BN-Drop (PAPER 2.1; 80x80 layout of 2.3 for CUB).
+    """The baseline: cifar.torch VGG-BN-Drop (method §2.1; 80x80 layout of 2.3 for CUB).
 
     Pools follow conv2, conv4, conv7, conv10 and conv13. When the map after conv10's pool is larger than 2x2
     (80x80 input), a pool is inserted before conv13, as in the CUB model; the final pool is adaptive.
@@ -278,7 +279,7 @@ class VGG(LTPAModel):
         for _ in range(4):
             side = -(-side // 2)
         # An Identity at 32x32 keeps the layer indices (and so the weight names) of the 80x80 layout, so that
-        # CUB models can start from CIFAR-100 weights (PAPER 2.3).
+        # CUB models can start from CIFAR-100 weights (method §2.3).
         extra_pool: nn.Module = nn.MaxPool2d(2, 2, ceil_mode=True) if side > 2 else nn.Identity()
         self.features = nn.Sequential(
             b2,
@@ -297,14 +298,14 @@ class VGG(LTPAModel):
         )
         ch = scaled(512, width)
         self.pre_logits = nn.Sequential(
-            nn.Dropout(0.5 * drop_scale), nn.Linear(c, ch), nn.BatchNorm1d(ch), nn.ReLU(inplace=True)
+            Dropout(0.5 * drop_scale), nn.Linear(c, ch), nn.BatchNorm1d(ch), nn.ReLU(inplace=True)
         )
-        self.drop = nn.Dropout(0.5 * drop_scale)
+        self.drop = Dropout(0.5 * drop_scale)
         self.fc = nn.Linear(ch, num_classes)
         init_official(self)
 
     def _forward(self, x: torch.Tensor) -> tuple[AttentionOutput, torch.Tensor]:
-        feats = self.pre_logits(self.features(x))  # (B, 512): the BN-ReLU output after FC-1 (PAPER 4.2)
+        feats = self.pre_logits(self.features(x))  # (B, 512): the BN-ReLU output after FC-1 (method §4.2)
         return AttentionOutput(self.fc(self.drop(feats)), [], []), feats
 
     def get_classifier(self) -> nn.Module:
@@ -317,7 +318,7 @@ class VGG(LTPAModel):
 
 
 class VGGGAP(LTPAModel):
-    """VGG-GAP (Zhou et al. 2016, PAPER 2.5): conv1-13 of the attention trunk, global average pooling and a
+    """VGG-GAP (Zhou et al. 2016, method §2.5): conv1-13 of the attention trunk, global average pooling and a
     linear classifier. Its class activation map ``M_k = sum_c w_kc F_c`` over conv13 is its attention map.
 
     ``forward_attention`` returns the CAM of the predicted class (unnormalised) and the pooled vector;
@@ -378,7 +379,7 @@ class VGGGAP(LTPAModel):
 
 
 class VGGPAN(LTPAModel):
-    """PAN, the progressive attention baseline (Seo et al. 2016) as the authors built it (PAPER 2.5).
+    """PAN, the progressive attention baseline (Seo et al. 2016) as the authors built it (method §2.5).
 
     Level 1 gates the whole conv10 map with a sigmoid of a pc score against ``g1`` (computed from conv10);
     conv11-13 run on the gated map; level 2 is a pc softmax over conv13 against ``g2`` (computed from conv13),
