@@ -2,7 +2,7 @@
 
 "Learn To Pay Attention" (Jetley et al., ICLR 2018, https://arxiv.org/abs/1804.02391) claims that attention
 VGGs classify better than the baseline, that their maps find the object (and segment it better than other CNN
-maps), that they resist FGSM better, and that their features transfer better (PAPER 4.1-4.5). This script
+maps), that they resist FGSM better, and that their features transfer better (method §4.1-4.5). This script
 tests each claim at CPU scale, through the ``ltpa`` command line only, in three stages:
 
     python scripts/reproduce_cpu.py train   # 51 training runs: 2 suites x models x 3 seeds

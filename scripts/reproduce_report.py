@@ -373,7 +373,7 @@ def write_report(out: Path, docs: Path, *, seeds: Sequence[int], scale: float = 
     v = verdict(outcomes_base)
     md.append(f"**Claim: attention beats the baseline VGG.** Verdict: {v}; 5 attention models x 2 suites.\n")
     claims.append(
-        ("Attention models classify better than the baseline VGG (PAPER 4.1)", v, "5 models x 2 suites")
+        ("Attention models classify better than the baseline VGG (method §4.1)", v, "5 models x 2 suites")
     )
 
     # ------------------------------------------------------------------ 2. cost
@@ -382,7 +382,7 @@ def write_report(out: Path, docs: Path, *, seeds: Sequence[int], scale: float = 
         "FLOPs are counted by `torch.utils.flop_counter` on a 32x32 image; a training step is forward + "
         "backward. Training time is the Fashion-MNIST run's one pass over its training images, one thread per "
         "run with two runs side by side on the 2-core machine (so read it as a ratio). The attention VGG "
-        "removes two max-pools (PAPER 2.2), so its trunk runs at 4x and 16x the baseline's resolution in its "
+        "removes two max-pools (method §2.2), so its trunk runs at 4x and 16x the baseline's resolution in its "
         f"last blocks; the compute-matched VGG is the baseline at width {MATCHED_WIDTH:g} instead of {WIDTH:g}, "
         "which costs the same FLOPs per image, so it gets the same training FLOPs in the same number of steps.\n"
     )
@@ -460,7 +460,7 @@ def write_report(out: Path, docs: Path, *, seeds: Sequence[int], scale: float = 
     )
     md.append(
         "A second control, in both suites: VGG-GAP has the attention VGG's trunk (the same two max-pools "
-        "removed, the same FLOPs) and pools it globally instead of attending (PAPER 2.5). Attention models "
+        "removed, the same FLOPs) and pools it globally instead of attending (method §2.5). Attention models "
         "against it (accuracy %, Δ with Welch's p):\n"
     )
     rows = []
@@ -584,7 +584,7 @@ def write_report(out: Path, docs: Path, *, seeds: Sequence[int], scale: float = 
     )
     claims.append(
         (
-            "Attention maps find the object better than the baseline's Grad-CAM (PAPER 4.3, 4.5)",
+            "Attention maps find the object better than the baseline's Grad-CAM (method §4.3, §4.5)",
             v_gradcam,
             "5 models x 2 metrics",
         )
@@ -694,7 +694,7 @@ def write_report(out: Path, docs: Path, *, seeds: Sequence[int], scale: float = 
     )
     claims.append(
         (
-            "Binarised attention maps segment better than the baseline's Grad-CAM (PAPER 4.3)",
+            "Binarised attention maps segment better than the baseline's Grad-CAM (method §4.3)",
             v_gradcam,
             "5 models, Otsu",
         )
@@ -780,7 +780,7 @@ def write_report(out: Path, docs: Path, *, seeds: Sequence[int], scale: float = 
         "robust.\n"
     )
     claims.append(
-        ("Attention models are more robust to FGSM (and PGD) (PAPER 4.4)", v, "5 models x eps grid")
+        ("Attention models are more robust to FGSM (and PGD) (method §4.4)", v, "5 models x eps grid")
     )
     v = verdict(fooling)
     md.append(
@@ -849,7 +849,7 @@ def write_report(out: Path, docs: Path, *, seeds: Sequence[int], scale: float = 
         f"**Claim: attention features transfer better.** Each attention model against the baseline on each target: {v}.\n"
     )
     claims.append(
-        ("Attention features transfer better to unseen datasets (PAPER 4.2)", v, "5 models x 4 targets")
+        ("Attention features transfer better to unseen datasets (method §4.2)", v, "5 models x 4 targets")
     )
     v = verdict(vs_gap)
     md.append(f"Against VGG-GAP (the same trunk without attention) instead: {v}.\n")
@@ -886,7 +886,7 @@ def write_report(out: Path, docs: Path, *, seeds: Sequence[int], scale: float = 
         "the data are the same for every seed)."
         + (f" **Smoke run at scale {scale:g}: not evidence.**" if scale != 1 else ""),
         *(f"* Suite `{s.name}`: {s.description}." for s in SUITES.values()),
-        f"* Models at width {WIDTH:g} of the paper's VGG (PAPER 2.1-2.5), dropout off, the paper's layouts "
+        f"* Models at width {WIDTH:g} of the paper's VGG (method §2.1-2.5), dropout off, the paper's layouts "
         "otherwise (attention VGGs and GAP/PAN drop two max-pools). Recipe, one pass over the training set:\n",
         "```yaml\n" + RECIPE + "```\n",
     ]

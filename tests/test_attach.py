@@ -1,5 +1,5 @@
 """Attention on timm, torchvision and plain backbones (ltpa.models.attach) against the model contract and
-PAPER 1.4 / 1.7. Backbones are randomly initialised: nothing is downloaded."""
+method §1.4 and §1.7. Backbones are randomly initialised: nothing is downloaded."""
 
 import numpy as np
 import pytest
@@ -109,7 +109,7 @@ def test_contract(case):
     for p in list(model.attention.parameters()) + list(model.head.parameters()):
         assert p.grad is not None
     glob = _global_path(model)
-    if compat == "pc":  # PAPER 1.7: g cancels in the softmax, so the global path gets exactly zero gradient
+    if compat == "pc":  # method §1.7: g cancels in the softmax, so the global path gets exactly zero gradient
         assert all(float(p.grad.abs().max()) == 0.0 for p in glob)
     else:
         assert any(float(p.grad.abs().max()) > 0 for p in glob)
@@ -135,7 +135,7 @@ def test_global_feature_only_matters_for_dp(compat):
         model.global_fc.weight.normal_()
         after = model.forward_attention(x)
     same = all(torch.allclose(a, b, atol=1e-6) for a, b in zip(before.maps, after.maps))
-    assert same == (compat == "pc")  # PAPER 1.7.1 and 1.7.3
+    assert same == (compat == "pc")  # method §1.7 items 1 and 3
     assert not torch.allclose(before.maps[0], torch.full_like(before.maps[0], before.maps[0].mean()))
 
 

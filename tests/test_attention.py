@@ -1,4 +1,4 @@
-"""The attention block on its own (PAPER 1.2-1.7)."""
+"""The attention block on its own (method §1.2-1.7)."""
 
 import pytest
 import torch

@@ -1,4 +1,4 @@
-"""Object Discovery reader: images, GroundTruth masks, unusable masks reported and skipped (PAPER 4.3)."""
+"""Object Discovery reader: images, GroundTruth masks, unusable masks reported and skipped (method §4.3)."""
 
 from __future__ import annotations
 

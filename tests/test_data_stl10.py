@@ -1,4 +1,4 @@
-"""STL-10 binary reader and its mapping onto CIFAR-10 classes (PAPER 4.2)."""
+"""STL-10 binary reader and its mapping onto CIFAR-10 classes (method §4.2)."""
 
 from __future__ import annotations
 

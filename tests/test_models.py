@@ -1,4 +1,4 @@
-"""The model zoo against the specification (PAPER 2, 2.6, 3.3, 3.6 and 7)."""
+"""The model zoo against the specification (method §2, §2.6, §3.3, §3.6 and §7)."""
 
 import pytest
 import torch
@@ -8,7 +8,7 @@ import ltpa.cli
 from ltpa.errors import LTPAError
 from ltpa.models import model_info
 
-# PAPER 2.6: (model name, kwargs, {K: parameter count}).
+# method §2.6: (model name, kwargs, {K: parameter count}).
 PAPER_COUNTS = [
     ("vgg", {}, {10: 14_991_946, 100: 15_038_116, 200: 15_089_416}),
     ("vgg_att2_concat_pc", {}, {10: 19_720_780, 100: 19_813_030, 200: 19_915_530}),
@@ -75,7 +75,7 @@ def test_cub_variants_run_at_80(name):
     out = model.forward_attention(torch.rand(2, 3, 80, 80))
     assert out.logits.shape == (2, 200)
     out.logits.sum().backward()
-    # the CUB layout brings conv10 to 16x16 and conv13 to 8x8 as in the CIFAR models (PAPER 2.3)
+    # the CUB layout brings conv10 to 16x16 and conv13 to 8x8 as in the CIFAR models (method §2.3)
     if name.startswith("vgg_att"):
         assert [tuple(a.shape[1:]) for a in out.maps][-2:] == [(16, 16), (8, 8)]
     if name == "vgg_att3_concat_pc":
@@ -154,8 +154,8 @@ def test_indep_modes_mean_and_product():
 
 
 def test_grad_averaging_halves_trunk_gradients_of_att1_pc():
-    # att1-pc: conv13 feeds the global path (zero gradient, PAPER 1.7) and the attention; averaging at that
-    # branch point (PAPER 3.3) must halve every gradient below it exactly.
+    # att1-pc: conv13 feeds the global path (zero gradient, method §1.7) and the attention; averaging at that
+    # branch point (method §3.3) must halve every gradient below it exactly.
     torch.manual_seed(0)
     plain = _small("vgg_att1_concat_pc").eval()
     avg = _small("vgg_att1_concat_pc", grad_averaging=True).eval()

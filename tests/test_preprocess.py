@@ -1,4 +1,4 @@
-"""Preprocessing presets (PAPER 3.4): mean/std, cifar.torch YUV + LCN, GCN + ZCA; fitted state in buffers."""
+"""Preprocessing presets (method §3.4): mean/std, cifar.torch YUV + LCN, GCN + ZCA; fitted state in buffers."""
 
 from __future__ import annotations
 

@@ -181,14 +181,14 @@ def test_report_computes_verdicts_from_the_runs(tmp_path: Path, monkeypatch: pyt
     fake_runs(out, [0, 1, 2])
     page = rr.write_report(out, docs, seeds=[0, 1, 2]).read_text()
     claims = {line.split(" | ")[0].lstrip("| "): line for line in page.splitlines() if line.startswith("| ")}
-    assert "held (10 of 10" in claims["Attention models classify better than the baseline VGG (PAPER 4.1)"]
+    assert "held (10 of 10" in claims["Attention models classify better than the baseline VGG (method §4.1)"]
     assert (
         "held"
-        in claims["Attention maps find the object better than the baseline's Grad-CAM (PAPER 4.3, 4.5)"]
+        in claims["Attention maps find the object better than the baseline's Grad-CAM (method §4.3, §4.5)"]
     )
-    assert "contradicted" in claims["Attention features transfer better to unseen datasets (PAPER 4.2)"]
+    assert "contradicted" in claims["Attention features transfer better to unseen datasets (method §4.2)"]
     assert "contradicted" in claims["... transfer: against the same trunk without attention (VGG-GAP)"]
-    assert "not shown" in claims["Attention models are more robust to FGSM (and PGD) (PAPER 4.4)"]
+    assert "not shown" in claims["Attention models are more robust to FGSM (and PGD) (method §4.4)"]
     assert "| (VGG-att2)-concat-pc | 85.2 ± 0.2 |" in page
     for name in ("accuracy", "cost", "localize", "segment", "attack", "transfer"):
         assert (docs / "figures" / f"results_{name}.png").stat().st_size > 1000

@@ -1,4 +1,4 @@
-"""Training: recipes, run folders, exact resume, failure handling, DDP and the demo (PAPER 3)."""
+"""Training: recipes, run folders, exact resume, failure handling, DDP and the demo (method §3)."""
 
 import json
 import os
@@ -227,7 +227,7 @@ def test_paper_recipes_and_schedules():
 
 
 def test_dampened_sgd_is_torch_optim_sgd():
-    # Torch7 optim.sgd: v = g on the first step, then v = m v + (1 - d) g; theta -= lr v (PAPER 3.1)
+    # Torch7 optim.sgd: v = g on the first step, then v = m v + (1 - d) g; theta -= lr v (method §3.1)
     cfg = resolve_config(preset="vgg-cifar10")
     p = torch.nn.Parameter(torch.tensor([1.0, -2.0]))
     opt = torch.optim.SGD(

@@ -1,4 +1,4 @@
-"""Input normalisation presets that live inside the model (PAPER 3.4).
+"""Input normalisation presets that live inside the model (method §3.4).
 
 Paper: "Learn To Pay Attention", Jetley et al., ICLR 2018, https://arxiv.org/abs/1804.02391.
 
@@ -175,7 +175,7 @@ def gaussian_kernel_1d(size: int = 7, sigma: float = 0.25) -> torch.Tensor:
 
 
 class YUVLCN(Preprocess):
-    """The cifar.torch provider (PAPER 3.4): YUV, local contrast normalisation of Y, standardised U and V.
+    """The cifar.torch provider (method §3.4): YUV, local contrast normalisation of Y, standardised U and V.
 
     Y is normalised as Torch's ``nn.SpatialContrastiveNormalization(1, image.gaussian1D(7))``, per image: with
     the separable kernel ``k`` normalised to sum 1 and zero padding, ``coef = k * 1`` corrects the borders;
@@ -281,7 +281,7 @@ def global_contrast_normalize(
 
 
 class GCNZCA(Preprocess):
-    """Global contrast normalisation + ZCA whitening, the "whitened" CIFAR files of PAPER 3.4.
+    """Global contrast normalisation + ZCA whitening, the "whitened" CIFAR files of method §3.4.
 
     Per image: pylearn2 GCN with ``scale=55`` (the WRN whitening script). Then ZCA as pylearn2's ``ZCA``
     preprocessor: ``P = V diag(1 / sqrt(lambda + filter_bias)) V^T`` from the eigen-decomposition of the

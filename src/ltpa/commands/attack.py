@@ -1,4 +1,4 @@
-"""``ltpa attack``: accuracy and fooling rate under FGSM or PGD for a sweep of budgets (PAPER 4.4)."""
+"""``ltpa attack``: accuracy and fooling rate under FGSM or PGD for a sweep of budgets (method §4.4)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def add_attack_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
         "attack",
         help="accuracy and fooling rate under FGSM / PGD per epsilon",
         description=(
-            "Adversarial robustness (PAPER 4.4): for each checkpoint and epsilon (in 1/255 units of [0, 1] "
+            "Adversarial robustness (method §4.4): for each checkpoint and epsilon (in 1/255 units of [0, 1] "
             "pixels), accuracy under attack and fooling rate (share of correctly classified images whose "
             "prediction flips). Writes attack.csv (model,method,eps,accuracy,fooling_rate) and attack.png. "
             "Epsilon 0 is the clean accuracy of `ltpa eval`."

@@ -1,7 +1,7 @@
 """``ltpa data``: which datasets exist, where they were looked for, counts, and a sample grid.
 
-Paper: "Learn To Pay Attention", Jetley et al., ICLR 2018, https://arxiv.org/abs/1804.02391 (datasets: PAPER 3.4,
-4.2, 4.3).
+Paper: "Learn To Pay Attention", Jetley et al., ICLR 2018, https://arxiv.org/abs/1804.02391 (datasets: method §3.4,
+§4.2, §4.3).
 
     ltpa data                                   # every dataset: present or not, and where it looked
     ltpa data cluttered-digits                  # counts per class and runs/data/cluttered-digits-train.png

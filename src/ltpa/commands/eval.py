@@ -1,4 +1,4 @@
-"""``ltpa eval``: top-1 accuracy and error, per-class accuracy and confusion matrix (PAPER 3.5).
+"""``ltpa eval``: top-1 accuracy and error, per-class accuracy and confusion matrix (method §3.5).
 
 Also holds the flags every evaluation command shares (checkpoints, data, run options).
 """
@@ -109,10 +109,10 @@ def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
         "eval",
         help="accuracy, per-class accuracy and confusion matrix of checkpoints",
         description=(
-            "Top-1 accuracy and error (single centre view, BN in eval mode; PAPER 3.5), per-class accuracy "
+            "Top-1 accuracy and error (single centre view, BN in eval mode; method §3.5), per-class accuracy "
             "and a confusion-matrix figure per checkpoint. Writes eval.json and confusion_<run>.png. A "
-            "CIFAR-10 model on stl10 is scored directly through its head on the nine shared classes (PAPER "
-            "4.2)."
+            "CIFAR-10 model on stl10 is scored directly through its head on the nine shared classes (method "
+            "§4.2)."
         ),
     )
     add_checkpoint_args(parser)

@@ -1,4 +1,4 @@
-"""``ltpa localize``: attention mass in the object's box and mask, and the pointing game (PAPER 4.5)."""
+"""``ltpa localize``: attention mass in the object's box and mask, and the pointing game (method §4.5)."""
 
 from __future__ import annotations
 

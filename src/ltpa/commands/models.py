@@ -12,7 +12,7 @@ def add_models_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     parser = subparsers.add_parser(
         "models",
         help="list the models with parameter counts and attended levels",
-        description="List the registered models (PAPER section 7) with their parameter counts and attended levels.",
+        description="List the registered models (method §7) with their parameter counts and attended levels.",
     )
     parser.add_argument("pattern", nargs="?", help="only names containing this text or matching this glob")
     group = parser.add_argument_group("model options")

@@ -1,4 +1,4 @@
-"""``ltpa segment``: weakly supervised segmentation by binarised attention maps, Jaccard index (PAPER 4.3)."""
+"""``ltpa segment``: weakly supervised segmentation by binarised attention maps, Jaccard index (method §4.3)."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ def add_segment_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
         "segment",
         help="Jaccard index of binarised attention maps against ground-truth masks",
         description=(
-            "Weakly supervised segmentation (PAPER 4.3): each level's map and their mean, upsampled and "
+            "Weakly supervised segmentation (method §4.3): each level's map and their mean, upsampled and "
             "min-max scaled, binarised by a fixed threshold, Otsu's method and the best threshold per class "
             "(oracle, an upper bound), scored by the Jaccard index per image and per class. Baselines: CAM "
             "(vgg_gap checkpoints), Grad-CAM, a centred Gaussian and the uniform map. Writes segment.csv "

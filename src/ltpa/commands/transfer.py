@@ -1,4 +1,4 @@
-"""``ltpa transfer``: frozen features + a cross-validated linear classifier on unseen datasets (PAPER 4.2)."""
+"""``ltpa transfer``: frozen features + a cross-validated linear classifier on unseen datasets (method §4.2)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ def add_transfer_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
         "transfer",
         help="linear classifier on frozen features of unseen datasets",
         description=(
-            "The 'unseen datasets' protocol (PAPER 4.2): frozen features (attention descriptors for attention"
+            "The 'unseen datasets' protocol (method §4.2): frozen features (attention descriptors for attention"
             " models, the penultimate layer for baselines), extracted once and cached, images resized to the "
             "model's input; a logistic regression whose C is chosen by cross-validation on the training "
             "split; test accuracy per dataset and model. Writes transfer.csv (model,dataset,accuracy), "

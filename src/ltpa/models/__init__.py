@@ -1,4 +1,4 @@
-"""The model zoo of "Learn To Pay Attention" (PAPER section 7) behind one registry.
+"""The model zoo of "Learn To Pay Attention" (method §7) behind one registry.
 
 Names: ``vgg``, ``vgg_gap``, ``vgg_pan``, ``vgg_att{1,2,3}_{concat,indep}_{pc,dp,add}``, ``resnet164``,
 ``resnet164_att2_{concat,indep}_{pc,dp,add}``. ``add`` is the additive compatibility (not in the paper).

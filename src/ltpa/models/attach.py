@@ -1,7 +1,7 @@
 """Attention for any CNN: the trainable attention of "Learn To Pay Attention" on timm, torchvision and plain
 PyTorch backbones.
 
-Paper: Jetley et al., ICLR 2018, https://arxiv.org/abs/1804.02391 (PAPER 1 for the attention, 2.4 for
+Paper: Jetley et al., ICLR 2018, https://arxiv.org/abs/1804.02391 (method §1 for the attention, §2.4 for
 RN-att2, which attends the last two stages of a ResNet).
 
 :func:`attach` wraps a CNN so that it follows the model contract of :class:`ltpa.models.LTPAModel`::
@@ -10,7 +10,7 @@ RN-att2, which attends the last two stages of a ResNet).
     model = attach(backbone, levels=("layer3", "layer4"), compatibility="pc", num_classes=200)
     out = model.forward_attention(images)  # images in [0, 1]: out.logits, out.maps, out.descriptors
 
-What the wrapper computes (PAPER 1.1-1.6):
+What the wrapper computes (method §1.1-1.6):
 
 * **Stages.** A backbone is a sequence of stages, one per spatial resolution. Local features ``l^s`` are the
   outputs of the attended stages (``levels``); the global feature ``g`` is the output of the final stage,
@@ -352,7 +352,7 @@ class AttnBackbone(LTPAModel):
     """A CNN backbone with the attention of "Learn To Pay Attention" on some of its stages.
 
     Under ``pc`` compatibility with softmax normalisation the global feature cancels in the softmax
-    (PAPER 1.7): maps and logits do not depend on ``g``, the global path (``global_fc`` and the projections
+    (method §1.7): maps and logits do not depend on ``g``, the global path (``global_fc`` and the projections
     of ``g`` inside the attention layers) receives exactly zero gradient, and stages after the deepest
     attended one are not trained at all. The backbone is trained through the local features. Attend the
     final stage (the default levels do), or use ``dp``/``add``, for every stage to learn.
@@ -370,7 +370,7 @@ class AttnBackbone(LTPAModel):
         combine: ``"concat"`` (one classifier over all descriptors) or ``"indep"`` (one per level).
         indep_mode: ``"mean"`` of probabilities (paper) or ``"product"`` (official code), for ``indep``.
         match: ``"global"`` projects ``g`` to each level's width (official default) or ``"local"`` projects
-            the local features to ``g``'s width (PAPER 1.3).
+            the local features to ``g``'s width (method §1.3).
         global_dim: if set, ``g`` is the pooled final stage mapped by a learned ``Linear`` to this width;
             otherwise it is the pooled final stage itself.
         drop_rate: dropout on each descriptor before the classifier and on ``g`` in the projections (0.3 as
