@@ -34,6 +34,29 @@ TRAINED_MODELS: dict[str, int] = {"vgg_att2_concat_pc": 110, "vgg": 240, "vgg_ga
 os.environ.setdefault("LTPA_THREADS", str(torch.get_num_threads()))
 
 
+def tiny_train_config(tmp_path: Path, name: str = "run", **overrides: Any) -> Any:
+    """A TrainConfig that trains a width-1/8 VGG on 192 generated cluttered digits in seconds."""
+    from ltpa.config import TrainConfig
+
+    base: dict[str, Any] = dict(
+        model="vgg",
+        data="cluttered-digits",
+        data_options={"num_train": 192, "num_test": 64},
+        width=0.125,
+        epochs=2,
+        batch_size=32,
+        lr=0.05,
+        dampening=0.0,
+        lr_decay=0.0,
+        lr_milestones=[2],
+        lr_factors=[0.5],
+        out=str(tmp_path / name),
+        quiet=True,
+    )
+    base.update(overrides)
+    return TrainConfig(**base)
+
+
 @pytest.fixture
 def single_thread() -> Iterator[None]:
     """Runs a test with one thread in torch and in BLAS/OpenMP pools (scikit-learn): on a shared, busy CPU,

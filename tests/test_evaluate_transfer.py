@@ -62,6 +62,30 @@ def test_features_are_extracted_once_then_read_from_the_cache(
         transfer.cached_features(model, "image-folder", fake_image_folder, "test", cache_dir=tmp_path)
 
 
+def test_changed_data_files_are_extracted_again(
+    monkeypatch: pytest.MonkeyPatch, fake_image_folder: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    from ltpa import create_model
+    from ltpa.evaluate import transfer
+
+    root = tmp_path / "data"
+    shutil.copytree(fake_image_folder, root)
+    torch.manual_seed(0)
+    model = create_model("vgg", width=0.0625, num_classes=3, img_size=16).eval()
+    transfer.cached_features(model, "image-folder", root, "test", cache_dir=tmp_path / "cache")
+    calls = []
+    original = transfer.extract_features
+    monkeypatch.setattr(transfer, "extract_features", lambda *a, **k: calls.append(1) or original(*a, **k))
+    transfer.cached_features(model, "image-folder", root, "test", cache_dir=tmp_path / "cache")
+    assert calls == []  # unchanged data: read from the cache
+    victim = sorted((root / "seven").iterdir())[0]
+    victim.unlink()  # the same folder, one image fewer: the old features could be stale
+    transfer.cached_features(model, "image-folder", root, "test", cache_dir=tmp_path / "cache")
+    assert calls == [1]
+
+
 def test_a_shared_data_cache_reads_each_split_once_for_several_models(
     monkeypatch: pytest.MonkeyPatch, fake_image_folder: Path, tmp_path: Path
 ) -> None:

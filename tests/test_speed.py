@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from conftest import tiny_train_config
 from safetensors.torch import load_file
 
 import ltpa.cli
@@ -62,23 +63,8 @@ def test_amp_forced_choices_and_bad_value(monkeypatch):
 
 
 def tiny(tmp_path, name="run", **kw):
-    base = dict(
-        model="vgg_att2_concat_pc",
-        data="cluttered-digits",
-        data_options={"num_train": 128, "num_test": 32},
-        width=0.125,
-        epochs=2,
-        batch_size=32,
-        lr=0.05,
-        dampening=0.0,
-        lr_decay=0.0,
-        lr_milestones=[],
-        lr_factors=[],
-        out=str(tmp_path / name),
-        quiet=True,
-    )
-    base.update(kw)
-    return TrainConfig(**base)
+    small = {"data_options": {"num_train": 128, "num_test": 32}, "lr_milestones": [], "lr_factors": []}
+    return tiny_train_config(tmp_path, name, **{"model": "vgg_att2_concat_pc", **small, **kw})
 
 
 def test_cpu_without_native_bf16_trains_in_fp32_and_records_why(tmp_path, monkeypatch):

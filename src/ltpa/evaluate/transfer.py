@@ -89,6 +89,23 @@ def _checkpoint_identity(model: nn.Module) -> dict[str, Any]:
     }
 
 
+def _data_fingerprint(root: str | os.PathLike[str] | None) -> str | None:
+    """A digest of every file's relative path, size and modification time under ``root`` (or of ``root``
+    itself when it is a file): data changed in place gives another cache key. None for generated data."""
+    if root is None:
+        return None
+    base = Path(root)
+    if not base.exists():
+        return None  # the reader reports the missing folder with its own message
+    files = [base] if base.is_file() else sorted(p for p in base.rglob("*") if p.is_file())
+    digest = hashlib.sha256()
+    for path in files:
+        stat = path.stat()
+        digest.update(f"{path.relative_to(base) if path != base else path.name}\0{stat.st_size}\0".encode())
+        digest.update(f"{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
 def cached_features(
     model: LTPAModel,
     data: str,
@@ -104,7 +121,8 @@ def cached_features(
 ) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
     """Features and labels of one split, read from ``cache_dir`` or extracted once and stored there.
 
-    The cache key covers the weights, the dataset, its root, split, options, limit and the input side.
+    The cache key covers the weights, the dataset, its root and the files in it (paths, sizes, modification
+    times), split, options, limit and the input side.
     ``data_cache`` (any dict, shared across calls) keeps the images read for one model for the next, so
     that several models read (or generate) each split once.
 
@@ -119,6 +137,7 @@ def cached_features(
         "model": _checkpoint_identity(model),
         "data": data,
         "root": str(Path(root).resolve()) if root is not None else None,
+        "files": _data_fingerprint(root),
         "split": split,
         "options": options or {},
         "limit": limit,
