@@ -212,13 +212,15 @@ def run_tasks(tasks: list[Task], out: Path, jobs: int) -> int:
 
     def one(task: Task) -> tuple[Task, int, float]:
         log = logs / (task.name.replace(" ", "_").replace("/", "_") + ".log")
+        args = task.args
+        if args[1] == "train" and (task.done_file.parent / "resume.safetensors").exists():
+            # stopped before it finished: continue it (ltpa refuses to start a new run over a resumable one)
+            args = [args[0], "train", "--resume", str(task.done_file.parent), "--quiet"]
         t = time.perf_counter()
         with open(log, "w") as fh:
-            fh.write("$ " + shlex.join(task.args) + "\n")
+            fh.write("$ " + shlex.join(args) + "\n")
             fh.flush()
-            rc = subprocess.call(
-                task.args, stdout=fh, stderr=subprocess.STDOUT, env={**env, **task.env}, cwd=ROOT
-            )
+            rc = subprocess.call(args, stdout=fh, stderr=subprocess.STDOUT, env={**env, **task.env}, cwd=ROOT)
         return task, rc, time.perf_counter() - t
 
     failures = 0

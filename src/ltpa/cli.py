@@ -36,6 +36,7 @@ _COMMANDS: tuple[str, ...] = (
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ltpa",
+        allow_abbrev=False,
         description="Learn To Pay Attention (Jetley et al., ICLR 2018): models, training and experiments.",
     )
     parser.add_argument("--version", action="version", version=f"ltpa {__version__}")
@@ -43,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name in _COMMANDS:
         module = importlib.import_module(f"ltpa.commands.{name}")
         getattr(module, f"add_{name}_parser")(subparsers)
+    for sub in subparsers.choices.values():
+        sub.allow_abbrev = False  # `--epoch` must not stand for `--epochs`: a typo is an error, never a guess
     return parser
 
 

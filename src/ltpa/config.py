@@ -12,6 +12,8 @@ too large (method §3.1).
 from __future__ import annotations
 
 import dataclasses
+import re
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +78,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # also save resume state every N steps inside an epoch (0: epoch ends only)
     tensorboard: bool = False
     quiet: bool = False
+    overwrite: bool = False  # train into a non-empty --out that holds no resumable run of these settings
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -190,30 +193,115 @@ def resolve_config(
     """A config from defaults, then a YAML file, then a preset, then explicit overrides (None values skipped)."""
     values: dict[str, Any] = {}
     if yaml_path is not None:
-        path = Path(yaml_path)
-        try:
-            loaded = yaml.safe_load(path.read_text()) or {}
-        except FileNotFoundError:
-            raise LTPAError(f"config file {path} not found") from None
-        except yaml.YAMLError as err:
-            raise LTPAError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from err
-        if not isinstance(loaded, dict):
-            raise LTPAError(
-                f"config file {path} must hold a mapping of config keys, got {type(loaded).__name__}"
-            )
-        _check_keys(loaded, str(path))
-        values.update(loaded)
+        values.update(load_yaml(yaml_path))
     if preset is not None:
         values.update(preset_overrides(preset))
     if overrides:
         _check_keys(overrides, "overrides")
         values.update({k: v for k, v in overrides.items() if v is not None})
-    cfg = TrainConfig(**values)
+    cfg = TrainConfig(**_check_types(values))
     _validate(cfg)
     return cfg
 
 
+def load_yaml(yaml_path: str | Path) -> dict[str, Any]:
+    """The config keys of a YAML file, checked for unknown keys and value types.
+
+    Raises:
+        LTPAError: a missing or malformed file, an unknown key or a value of the wrong type.
+    """
+    path = Path(yaml_path)
+    try:
+        loaded = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise LTPAError(f"config file {path} not found") from None
+    except yaml.YAMLError as err:
+        raise LTPAError(f"config file {path} is not valid YAML: {str(err).splitlines()[0]}") from err
+    if not isinstance(loaded, dict):
+        raise LTPAError(f"config file {path} must hold a mapping of config keys, got {type(loaded).__name__}")
+    _check_keys(loaded, str(path))
+    return _check_types(loaded, f" in {path}")
+
+
+_HINTS = typing.get_type_hints(TrainConfig)
+
+
+def _type_words(hint: Any) -> str:
+    args = typing.get_args(hint)
+    origin = typing.get_origin(hint)
+    if origin is list:
+        return f"a list of {_type_words(args[0])}s"
+    if origin is dict:
+        return "a mapping of KEY: VALUE"
+    if args and type(None) in args:  # X | None
+        return " or ".join([_type_words(a) for a in args if a is not type(None)] + ["null"])
+    return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(hint, str(hint))
+
+
+def _coerce(value: Any, hint: Any) -> tuple[bool, Any]:
+    """``(ok, value)``: whether ``value`` is of type ``hint``; numbers as ``float``, YAML 1.1 strings such as
+    ``1e-3`` read as the float they spell."""
+    args = typing.get_args(hint)
+    origin = typing.get_origin(hint)
+    if args and type(None) in args and origin is not list and origin is not dict:
+        if value is None:
+            return True, None
+        (inner,) = [a for a in args if a is not type(None)]
+        return _coerce(value, inner)
+    if origin is list:
+        if not isinstance(value, list):
+            return False, value
+        items = [_coerce(v, args[0]) for v in value]
+        return all(ok for ok, _ in items), [v for _, v in items]
+    if origin is dict:
+        return isinstance(value, dict) and all(isinstance(k, str) for k in value), value
+    if hint is bool:
+        return isinstance(value, bool), value
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool), value
+    if hint is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return True, float(value)
+        if isinstance(value, str):
+            try:
+                return True, float(value)
+            except ValueError:
+                return False, value
+        return False, value
+    if hint is str:
+        return isinstance(value, str), value
+    return True, value
+
+
+def _check_types(values: dict[str, Any], where: str = "") -> dict[str, Any]:
+    checked: dict[str, Any] = {}
+    for key, value in values.items():
+        hint = _HINTS.get(key)
+        if hint is None:
+            checked[key] = value
+            continue
+        ok, value = _coerce(value, hint)
+        if not ok:
+            raise LTPAError(f"config key {key}{where}: expected {_type_words(hint)}, got {value!r}")
+        checked[key] = value
+    return checked
+
+
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+
 def _validate(cfg: TrainConfig) -> None:
+    _check_types(cfg.to_dict())
+    for key in ("subset", "test_subset", "img_size"):
+        value = getattr(cfg, key)
+        if value is not None and value < 1:
+            raise LTPAError(f"{key} must be at least 1 (got {value}); omit it for the default")
+    if cfg.checkpoint_every < 0 or cfg.eval_batch_size < 1:
+        raise LTPAError("checkpoint_every must be >= 0 and eval_batch_size >= 1")
+    if not _DEVICE.fullmatch(cfg.device):
+        raise LTPAError(f"unknown device {cfg.device!r}; choose auto, cpu, cuda, cuda:N or mps")
+    if not 0 <= cfg.warmup < 1:
+        raise LTPAError(f"warmup must be a share of the steps in [0, 1) (got {cfg.warmup})")
     if len(cfg.lr_milestones) != len(cfg.lr_factors):
         raise LTPAError("lr_milestones and lr_factors must have the same length")
     if cfg.epochs < 1 or cfg.batch_size < 1:

@@ -9,7 +9,6 @@ of each attention map falls inside the object's bounding box), and writes ``repo
 from __future__ import annotations
 
 import json
-import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -47,6 +46,7 @@ class DemoConfig:
     threads: int | None = None  # None: the idle cores
     quiet: bool = False
     drop_scale: float = 0.0  # dropout off: a few epochs on a narrow net underfit rather than overfit
+    overwrite: bool = False  # train into run folders that hold other files too (only ltpa's are replaced)
     data_options: dict[str, Any] = field(default_factory=dict)
 
     def train_config(self, model: str) -> TrainConfig:
@@ -79,6 +79,7 @@ class DemoConfig:
             channels_last=self.channels_last,
             threads=self.threads,
             quiet=self.quiet,
+            overwrite=self.overwrite,
         )
 
 
@@ -168,17 +169,27 @@ def _figure_curves(histories: dict[str, list[dict[str, Any]]], path: Path) -> No
     plt.close(fig)
 
 
-def _prepare_out(out: Path, names: list[str]) -> None:
+def _prepare_out(out: Path, names: list[str], overwrite: bool = False) -> None:
+    """Clears the run folders an earlier demo wrote under ``out`` (the demo is reproducible, so they are
+    redone). A run folder holding any file ltpa does not write is refused unless ``overwrite``; even then
+    only ltpa's own files are deleted."""
+    from ltpa.train import clear_run, foreign_files
+
     if out.exists() and not out.is_dir():
         raise LTPAError(f"{out} exists and is not a folder; choose another --out")
-    for name in names:
-        run = out / name
-        if run.exists():
-            if not (run / "config.yaml").exists():
-                raise LTPAError(
-                    f"{run} exists and is not a run folder of an earlier demo; choose another --out"
-                )
-            shutil.rmtree(run)  # an earlier demo's run: the demo is reproducible, so it is redone
+    runs = [out / name for name in names]
+    for run in runs:
+        if run.exists() and not run.is_dir():
+            raise LTPAError(f"{run} exists and is not a folder; choose another --out")
+        foreign = foreign_files(run)
+        if foreign and not overwrite:
+            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            raise LTPAError(
+                f"{run} holds files the demo did not write ({shown}); choose another --out or pass "
+                "--overwrite (only the demo's own files are replaced)"
+            )
+    for run in runs:  # nothing is deleted before every folder was checked
+        clear_run(run)
 
 
 def run_demo(cfg: DemoConfig | None = None) -> dict[str, Any]:
@@ -190,7 +201,7 @@ def run_demo(cfg: DemoConfig | None = None) -> dict[str, Any]:
     start = time.perf_counter()
     out = Path(cfg.out)
     names = [cfg.baseline, cfg.attention]
-    _prepare_out(out, names)
+    _prepare_out(out, names, cfg.overwrite)
     out.mkdir(parents=True, exist_ok=True)
 
     results: dict[str, Any] = {}

@@ -9,9 +9,17 @@ Paper: "Learn To Pay Attention", https://arxiv.org/abs/1804.02391 (method §3).
     metrics.csv/.jsonl per-epoch loss, accuracy, learning rate, seconds, images/s
     last.*, best.*     checkpoints (safetensors weights + JSON sidecar; best = highest test accuracy)
     resume.safetensors model, optimiser and loop state for ``resume=`` (metadata inside, one atomic file)
+    .ltpa.lock         held (``fcntl.flock``) by the training that uses the folder, for its whole length
 
 Every step's randomness (batch order, augmentation, dropout) is a function of (seed, epoch, step), so a run
 resumed from any saved state ends with the same weights and metrics as an uninterrupted one on the CPU.
+
+At an epoch's end the state is checked to be finite, then written in the order resume state, ``last``,
+``best``, metrics, each file atomically: a kill between any two writes leaves a folder that ``resume=``
+continues (it rewrites a ``last``/``best`` that lag the resume state); a kill before the first resume state
+leaves a folder that a new run with the same ``out`` starts again (or ``resume=`` restarts from its
+config.yaml). A non-empty ``out`` that is not such a folder is refused unless ``overwrite`` is set, and then
+only ltpa's own files there are replaced.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import csv
 import json
 import math
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -38,15 +47,34 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from ltpa.checkpoint import atomic_write, save_checkpoint
-from ltpa.config import TrainConfig
+from ltpa.config import TrainConfig, _check_keys, _check_types, _validate
 from ltpa.errors import LTPAError
 from ltpa.models import LTPAModel, create_model
 from ltpa.runtime import autocast, choose_channels_last, resolve_precision
 from ltpa.system import configure_threads
 
-__all__ = ["FitResult", "build_model", "fit", "lr_at", "make_optimizer"]
+__all__ = [
+    "FitResult",
+    "build_model",
+    "clear_run",
+    "eval_collapse",
+    "fit",
+    "foreign_files",
+    "lr_at",
+    "make_optimizer",
+]
 
 RESUME_FILE = "resume.safetensors"
+LOCK_FILE = ".ltpa.lock"
+# Everything fit() writes into a run folder: only these are ever replaced or deleted.
+RUN_FILES = frozenset(
+    {"config.yaml", "run.json", "metrics.csv", "metrics.jsonl", "last.safetensors", "last.json",
+     "best.safetensors", "best.json", RESUME_FILE, LOCK_FILE, ".ltpa-write-test"}
+)  # fmt: skip
+RUN_DIRS = frozenset({"tensorboard"})
+_CHECKPOINT_FILES = ("last.safetensors", "last.json", "best.safetensors", "best.json")
+# the temporary files of ltpa.checkpoint.atomic_write, left by a kill in the middle of a write
+_TMP = re.compile(r"\.(?P<name>.+)\.[A-Za-z0-9_]+\.tmp")
 
 
 @dataclass
@@ -188,19 +216,49 @@ def _to_float(x: torch.Tensor) -> torch.Tensor:
 # ----------------------------------------------------------------------------------------------- model
 
 
+NARROW_WIDTH = 0.25
+
+
+def narrow_drop_scale(width: float) -> float:
+    """The default ``drop_scale`` of a non-preset run at ``width`` below 0.25: ``(width / 0.25) ** 2``.
+
+    The paper's dropout (0.3-0.5 before BatchNorm on every VGG layer) on layers of 4-8 channels makes the
+    train-mode and eval-mode statistics disagree so much that the model collapses to chance in eval mode
+    (vgg_att2_concat_pc at width 0.0625: 52% train, 10% test accuracy); scaling it down with the square of
+    the width keeps narrow runs usable. Presets, and an explicit ``--model-kwarg drop_scale=X``, are exact.
+    """
+    return (width / NARROW_WIDTH) ** 2
+
+
 def build_model(cfg: TrainConfig, num_classes: int, img_size: int) -> LTPAModel:
-    """The model of ``cfg`` for ``num_classes`` classes at ``img_size``, with the dataset's preset."""
+    """The model of ``cfg`` for ``num_classes`` classes at ``img_size``, with the dataset's preset.
+
+    Non-preset runs narrower than width 0.25 get a smaller dropout unless ``model_kwargs`` sets
+    ``drop_scale`` (:func:`narrow_drop_scale`). ``model_kwargs`` that contradict the config (``num_classes``,
+    ``img_size``, ``preprocess``, ``width``) are refused.
+    """
     from ltpa.data import dataset_info
 
     kwargs = dict(cfg.model_kwargs)
-    kwargs.setdefault("num_classes", num_classes)
-    kwargs.setdefault("img_size", img_size)
     # Backbones from timm/torchvision bring the normalisation their (ImageNet) weights expect.
     backbone = cfg.model.startswith(("timm/", "tv/"))
     preprocess = cfg.preprocess or ("backbone" if backbone else dataset_info(cfg.data).preprocess)
-    kwargs.setdefault("preprocess", preprocess)
-    if cfg.width != 1.0:
-        kwargs.setdefault("width", cfg.width)
+    fixed: dict[str, tuple[Any, str]] = {
+        "num_classes": (num_classes, f"the {num_classes} classes of {cfg.data}"),
+        "img_size": (img_size, "--img-size"),
+        "preprocess": (preprocess, "--preprocess"),
+    }
+    if cfg.width != 1.0 or "width" in kwargs:
+        fixed["width"] = (cfg.width, "--width")
+    for key, (value, source) in fixed.items():
+        if key in kwargs and kwargs[key] != value:
+            raise LTPAError(
+                f"--model-kwarg {key}={kwargs[key]} conflicts with {source} ({value}); drop the model kwarg"
+            )
+        kwargs[key] = value
+    own_family = cfg.model.startswith(("vgg", "resnet164"))  # ltpa's own models, which take drop_scale
+    if cfg.preset is None and cfg.width < NARROW_WIDTH and "drop_scale" not in kwargs and own_family:
+        kwargs["drop_scale"] = narrow_drop_scale(cfg.width)
     try:
         return create_model(cfg.model, **kwargs)
     except TypeError as err:
@@ -328,6 +386,114 @@ def _preflight(run_dir: Path, need_bytes: int) -> None:
         )
 
 
+def _owned(path: Path) -> bool:
+    if path.is_dir() and not path.is_symlink():
+        return path.name in RUN_DIRS
+    match = _TMP.fullmatch(path.name)
+    return path.name in RUN_FILES or (match is not None and match["name"] in RUN_FILES)
+
+
+def foreign_files(run_dir: str | os.PathLike[str]) -> list[str]:
+    """Names of the entries of ``run_dir`` that ltpa's training does not write (sorted; [] for no folder)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    return sorted(p.name for p in run_dir.iterdir() if not _owned(p))
+
+
+def clear_run(run_dir: str | os.PathLike[str]) -> None:
+    """Deletes what ltpa's training wrote in ``run_dir`` (its lock file excepted); other files stay."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return
+    for path in run_dir.iterdir():
+        if path.name == LOCK_FILE or not _owned(path):
+            continue
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+def _has_checkpoints(run_dir: Path) -> bool:
+    return any((run_dir / name).exists() for name in _CHECKPOINT_FILES)
+
+
+def _claim_out(run_dir: Path, cfg: TrainConfig, *, clear: bool, log: bool) -> None:
+    """Refuses an ``out`` that holds something to keep; with ``clear``, removes ltpa's stale files there.
+
+    Kept unless ``cfg.overwrite``: a run that can be resumed, checkpoints, and any file ltpa does not write.
+    A folder with ltpa's files only and no checkpoint (a run killed before its first epoch ended) starts again.
+    """
+    if run_dir.exists() and not run_dir.is_dir():
+        raise LTPAError(f"{run_dir} exists and is not a folder; choose another --out")
+    if not run_dir.is_dir() or not any(p.name != LOCK_FILE for p in run_dir.iterdir()):
+        return
+    if not cfg.overwrite:
+        if (run_dir / RESUME_FILE).exists():
+            raise LTPAError(
+                f"{run_dir} already holds a run; continue it with --resume {run_dir}, replace it with "
+                "--overwrite or choose another --out"
+            )
+        foreign = foreign_files(run_dir)
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            raise LTPAError(
+                f"{run_dir} is not empty and is not an ltpa run ({shown}); choose another --out, or pass "
+                "--overwrite to train there anyway (ltpa's own files are replaced, other files kept)"
+            )
+        if _has_checkpoints(run_dir):
+            raise LTPAError(
+                f"{run_dir} holds checkpoints but no resume state; pass --overwrite to replace them or "
+                "choose another --out"
+            )
+    if clear:
+        if log and (run_dir / "config.yaml").exists():
+            print(f"{run_dir}: replacing an earlier run that never finished an epoch", file=sys.stderr)
+        clear_run(run_dir)
+
+
+class _RunLock:
+    """An exclusive ``fcntl.flock`` on ``<run_dir>/.ltpa.lock``, so that two trainings never share a run
+    folder; the kernel releases it when the process ends, however it ends."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = run_dir
+        self.fd: int | None = None
+
+    def acquire(self) -> None:
+        path = self.run_dir / LOCK_FILE
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        except OSError as err:
+            raise LTPAError(
+                f"cannot write to output folder {self.run_dir}: {err.strerror}; choose another --out"
+            ) from err
+        try:
+            import fcntl
+        except ImportError:  # not a POSIX system: no lock
+            os.close(fd)
+            return
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = Path(path).read_text().strip() or "?"
+            os.close(fd)
+            raise LTPAError(
+                f"{self.run_dir} is in use by another ltpa training (pid {holder}); wait for it to end or "
+                "choose another --out"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+
+    def release(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing the last descriptor drops the flock
+            self.fd = None
+
+
 def _default_out(cfg: TrainConfig) -> Path:
     stamp = time.strftime("%Y%m%d-%H%M%S")
     return Path("runs") / f"{cfg.model.replace('/', '_')}-{cfg.data}-s{cfg.seed}-{stamp}"
@@ -374,6 +540,104 @@ def _save_resume(
                 opt_scalars.setdefault(str(pid), {})[key] = value
     meta = {**meta, "param_groups": opt["param_groups"], "optim_scalars": opt_scalars}
     atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"ltpa_state": json.dumps(meta)}))
+
+
+def _read_resume_meta(path: Path) -> dict[str, Any]:
+    try:
+        with safe_open(str(path), framework="pt") as fh:
+            meta: dict[str, Any] = json.loads((fh.metadata() or {})["ltpa_state"])
+    except Exception as err:  # safetensors' own error types for truncated or foreign files
+        raise LTPAError(f"cannot read resume state {path}: {err}") from err
+    return meta
+
+
+# Settings that say where and how loudly a run goes, not what it computes: --resume may change them.
+_RESUME_FREE = ("device", "quiet")
+
+
+def _resume_config(
+    run_dir: Path, caller: TrainConfig, changes: dict[str, Any], log: bool
+) -> tuple[TrainConfig, dict[str, Any] | None, list[str]]:
+    """The saved config of ``run_dir`` with ``changes`` (settings given again on resume) checked against it.
+
+    Returns ``(config, resume metadata or None to start the run again, notes for run.json)``.
+
+    Raises:
+        LTPAError: no run there, or a change other than more ``epochs``, ``device`` or ``quiet``.
+    """
+    config_path, state_path = run_dir / "config.yaml", run_dir / RESUME_FILE
+    if not config_path.is_file():
+        raise LTPAError(f"nothing to resume in {run_dir}: no config.yaml (was it made by `ltpa train`?)")
+    try:
+        saved = yaml.safe_load(config_path.read_text())
+    except yaml.YAMLError as err:
+        raise LTPAError(f"{config_path} is not valid YAML: {str(err).splitlines()[0]}") from err
+    if not isinstance(saved, dict):
+        raise LTPAError(f"{config_path} is not an ltpa run config (not a mapping)")
+    _check_keys(saved, str(config_path))
+    cfg = TrainConfig(**_check_types(saved, f" in {config_path}"))
+    meta: dict[str, Any] | None = None
+    notes: list[str] = []
+    if state_path.is_file():
+        meta = _read_resume_meta(state_path)
+    elif _has_checkpoints(run_dir) or foreign_files(run_dir):
+        raise LTPAError(
+            f"nothing to resume in {run_dir}: no {RESUME_FILE}; start again there with --overwrite or "
+            "choose another --out"
+        )
+    else:
+        notes.append("no resume state (stopped before its first epoch ended): started again")
+    differ: list[str] = []
+    for key, value in changes.items():
+        if key in _RESUME_FREE or key == "epochs" or value is None:
+            continue
+        if key == "overwrite":
+            if value:
+                differ.append("--overwrite (it does not apply to --resume)")
+            continue
+        if key == "out":
+            if Path(value).resolve() != run_dir.resolve():
+                differ.append(f"out={value} (the run is {run_dir})")
+            continue
+        if key in ("amp", "channels_last") and value == "auto":
+            continue  # auto: whatever the run resolved when it started, which is what it keeps
+        saved_value = getattr(cfg, key)
+        if key in ("model_kwargs", "data_options") and isinstance(value, dict):
+            differ += [
+                f"{key}.{k}={v!r} (run has {saved_value.get(k)!r})"
+                for k, v in value.items()
+                if saved_value.get(k) != v
+            ]
+        elif value != saved_value:
+            differ.append(f"{key}={value!r} (run has {saved_value!r})")
+    if differ:
+        raise LTPAError(
+            f"--resume continues {run_dir} with its saved settings, and these differ: {'; '.join(differ)}; "
+            "drop them (only --epochs, --device and --quiet may change) or start a new run with --out"
+        )
+    epochs = changes.get("epochs")
+    if epochs is not None and epochs != cfg.epochs:
+        next_epoch, step = (meta["epoch"], meta["step"]) if meta else (1, 0)
+        least = next_epoch if step else max(next_epoch - 1, 1)
+        if epochs < least:
+            raise LTPAError(
+                f"--epochs {epochs} is fewer than the {least} epochs {run_dir} has done or begun; "
+                f"pass at least {least}"
+            )
+        note = f"epochs changed from {cfg.epochs} to {epochs}"
+        if cfg.lr_schedule == "cosine" and meta is not None:
+            note += (
+                "; the cosine schedule spans all steps, so it is recomputed for the new length: the remaining "
+                "steps' learning rates differ from the original schedule and from a fresh run of that length"
+            )
+        notes.append(note)
+        if log or cfg.lr_schedule == "cosine":
+            print(f"{run_dir}: {note}", file=sys.stderr)
+        cfg.epochs = epochs
+    cfg.quiet = bool(changes.get("quiet") or caller.quiet)
+    cfg.device = changes.get("device") or caller.device
+    _validate(cfg)
+    return cfg, meta, notes
 
 
 def _load_resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
@@ -443,43 +707,70 @@ def fit(
     *,
     resume: str | os.PathLike[str] | None = None,
     callbacks: Sequence[Callable[[dict[str, Any]], None]] = (),
+    changes: dict[str, Any] | None = None,
 ) -> FitResult:
     """Trains ``cfg.model`` on ``cfg.data`` and writes the run folder (see the module docstring).
 
     Args:
         cfg: the resolved config (``ltpa.config.resolve_config``).
         resume: a run folder with ``resume.safetensors``: training continues where it stopped, with the config
-            saved there (``cfg`` is then ignored except for ``quiet`` and ``device``).
+            saved there (``cfg`` is then ignored except for ``quiet`` and ``device``). A folder stopped before
+            its first resume state starts again from its config.yaml.
         callbacks: called after every optimiser step with ``{"epoch", "step", "loss", "global_step"}``.
+        changes: with ``resume``, the settings given again (e.g. the command line's flags): more ``epochs``
+            extend the run, ``device`` and ``quiet`` apply, any other value that differs from the saved config
+            is refused.
 
     Returns:
         A :class:`FitResult`.
 
     Raises:
-        LTPAError: bad config, missing data, unwritable output, or a non-finite loss (named by epoch and step;
-            the last good checkpoint stays).
+        LTPAError: bad config, missing data, an output folder that holds something else or is in use by
+            another training, unwritable output, changed settings on resume, or a non-finite loss or state
+            (named by epoch; the checkpoints saved before stay).
         KeyboardInterrupt: after saving resume state, on Ctrl-C or SIGTERM.
     """
-    resume_meta: dict[str, Any] | None = None
     if resume is not None:
         run_dir = Path(resume)
-        state_path = run_dir / RESUME_FILE
-        if not state_path.is_file():
-            raise LTPAError(
-                f"nothing to resume in {run_dir}: no {RESUME_FILE} (was it made by `ltpa train`?)"
-            )
-        saved = yaml.safe_load((run_dir / "config.yaml").read_text())
-        quiet, device_choice = cfg.quiet, cfg.device
-        cfg = TrainConfig(**saved)
-        cfg.quiet, cfg.device = quiet, device_choice
+        if not run_dir.is_dir():
+            raise LTPAError(f"nothing to resume: {run_dir} is not a folder")
+        device_choice = (changes or {}).get("device") or cfg.device
     else:
+        _validate(cfg)
         run_dir = Path(cfg.out) if cfg.out else _default_out(cfg)
-        if (run_dir / RESUME_FILE).exists() or (run_dir / "last.json").exists():
-            raise LTPAError(
-                f"{run_dir} already holds a run; continue it with --resume {run_dir} or choose another --out"
+        device_choice = cfg.device
+    dist_info = _init_distributed(device_choice)
+    lock = _RunLock(run_dir) if dist_info.main else None
+    if resume is None and dist_info.main:
+        _claim_out(run_dir, cfg, clear=False, log=False)  # refuse before creating anything there
+    if lock is not None:
+        lock.acquire()
+    try:
+        resume_meta: dict[str, Any] | None = None
+        notes: list[str] = []
+        if resume is not None:
+            cfg, resume_meta, notes = _resume_config(
+                run_dir, cfg, changes or {}, dist_info.main and not cfg.quiet
             )
+            if resume_meta is None and dist_info.main:
+                clear_run(run_dir)
+        elif dist_info.main:
+            _claim_out(run_dir, cfg, clear=True, log=not cfg.quiet)
+        return _fit(cfg, run_dir, dist_info, resume_meta, notes, callbacks)
+    finally:
+        if lock is not None:
+            lock.release()
 
-    dist_info = _init_distributed(cfg.device)
+
+def _fit(
+    cfg: TrainConfig,
+    run_dir: Path,
+    dist_info: _Dist,
+    resume_meta: dict[str, Any] | None,
+    notes: list[str],
+    callbacks: Sequence[Callable[[dict[str, Any]], None]],
+) -> FitResult:
+    resume = run_dir if resume_meta is not None else None
     device = _resolve_device(cfg, dist_info)
     runtime: dict[str, Any] = {}
     if device.type == "cpu":
@@ -567,6 +858,7 @@ def fit(
             "test_images": len(data.test_x),
             "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "resumed_from_epoch": start_epoch if resume is not None else None,
+            "resume_notes": notes,
             "runtime": {"threads": cfg.threads, "amp": cfg.amp, "channels_last": cfg.channels_last},
             "runtime_reasons": runtime,
         }
@@ -574,6 +866,8 @@ def fit(
             run_dir / "run.json", lambda tmp: Path(tmp).write_text(json.dumps(run_info, indent=2) + "\n")
         )
         metrics_log.rewrite(history)
+        if resume is not None and start_step == 0 and history:
+            _catch_up_checkpoints(run_dir, model, cfg, history, data.classes)
     writer = _tensorboard(cfg, run_dir) if dist_info.main else None
 
     train_x = data.train_x.to(device)
@@ -620,8 +914,8 @@ def fit(
                     loss_value = float(loss.detach())
                     if not math.isfinite(loss_value):
                         raise LTPAError(
-                            f"loss became {loss_value} at epoch {epoch} step {step + 1}; training stopped and "
-                            f"the last good checkpoint in {run_dir} is kept; lower --lr or check the data"
+                            f"loss became {loss_value} at epoch {epoch} step {step + 1}; training stopped, "
+                            f"{_kept_note(run_dir)}; lower --lr or check the data"
                         )
                     for group in optimizer.param_groups:
                         group["lr"] = lr_at(cfg, epoch, global_step, total_steps)
@@ -663,6 +957,7 @@ def fit(
                         acc_state["seconds"] += time.perf_counter() - tick
                         progress.close()
                         if dist_info.main:
+                            _check_finite(model, epoch, run_dir)
                             _save_resume(
                                 run_dir / RESUME_FILE,
                                 model,
@@ -677,6 +972,7 @@ def fit(
                         acc_state["seconds"] += time.perf_counter() - tick
                         tick = time.perf_counter()
                         if dist_info.main:
+                            _check_finite(model, epoch, run_dir)
                             _save_resume(
                                 run_dir / RESUME_FILE,
                                 model,
@@ -697,9 +993,30 @@ def fit(
                     dist_info=dist_info,
                 )
                 row.update(test_loss=round(test_loss, 6), test_accuracy=round(test_acc, 6))
+                probe = min(n, COLLAPSE_PROBE)
+                eval_acc, _ = _test_metrics(
+                    train_model,
+                    data.train_x[:probe],
+                    data.train_y[:probe],
+                    batch_size=cfg.eval_batch_size,
+                    device=device,
+                    amp_dtype=amp_dtype,
+                    dist_info=dist_info,
+                )
+                collapse = eval_collapse(row["train_accuracy"], eval_acc, data.num_classes)
+                row.update(train_eval_accuracy=round(eval_acc, 6), eval_collapse=collapse)
                 history.append(row)
                 acc_state = {"loss_sum": 0.0, "correct": 0.0, "seen": 0, "seconds": 0.0}
                 if dist_info.main:
+                    _check_finite(model, epoch, run_dir)
+                    # resume state first: a kill after it leaves a run that --resume continues, rewriting the
+                    # checkpoints below from it (_catch_up_checkpoints)
+                    _save_resume(
+                        run_dir / RESUME_FILE,
+                        model,
+                        optimizer,
+                        _loop_meta(epoch + 1, 0, global_step, history, acc_state),
+                    )
                     metrics = {
                         k: row[k] for k in ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
                     }
@@ -721,21 +1038,25 @@ def fit(
                             config=cfg.to_dict(),
                             extra={"classes": data.classes},
                         )
-                    _save_resume(
-                        run_dir / RESUME_FILE,
-                        model,
-                        optimizer,
-                        _loop_meta(epoch + 1, 0, global_step, history, acc_state),
-                    )
                     metrics_log.rewrite(history)
                     if writer is not None:
                         _log_tensorboard(writer, row, model, data, device)
+                warning = (
+                    f"  WARNING: eval-mode accuracy on {probe} training images is {eval_acc:.4f}, near chance, "
+                    f"against {row['train_accuracy']:.4f} in train mode: BatchNorm statistics and dropout "
+                    "disagree (too narrow for its dropout?); try --model-kwarg drop_scale=0 or a larger --width"
+                    if collapse
+                    else ""
+                )
                 if log:
                     print(
                         f"epoch {epoch}/{cfg.epochs}  loss {row['train_loss']:.4f}  train acc {row['train_accuracy']:.4f}  "
-                        f"test acc {test_acc:.4f}  lr {row['lr']:.4g}  {row['images_per_s']:.0f} img/s  {row['seconds']:.1f}s",
+                        f"test acc {test_acc:.4f}  lr {row['lr']:.4g}  {row['images_per_s']:.0f} img/s  {row['seconds']:.1f}s"
+                        + warning,
                         file=sys.stderr,
                     )
+                elif warning and dist_info.main:
+                    print(f"epoch {epoch}/{cfg.epochs}:{warning}", file=sys.stderr)
                 if stop.requested:  # arrived during evaluation or saving: the epoch's state is already saved
                     print(f"interrupted; resume with: ltpa train --resume {run_dir}", file=sys.stderr)
                     raise KeyboardInterrupt
@@ -744,6 +1065,78 @@ def fit(
                 writer.close()
     model.eval()
     return FitResult(run_dir=run_dir, model=model, history=history)
+
+
+COLLAPSE_PROBE = 512  # training images evaluated in eval mode at each epoch's end
+
+
+def eval_collapse(train_accuracy: float, eval_accuracy: float, num_classes: int) -> bool:
+    """Whether a model that learns in train mode has collapsed in eval mode: its eval-mode accuracy on
+    training images is below half its train-mode accuracy and below twice chance, while the train-mode
+    accuracy is above twice chance."""
+    chance = 1.0 / max(num_classes, 1)
+    return train_accuracy > 2 * chance and eval_accuracy < min(0.5 * train_accuracy, 2 * chance)
+
+
+def _first_non_finite(model: nn.Module) -> str | None:
+    for name, tensor in model.state_dict().items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return name
+    return None
+
+
+def _saved_epoch(run_dir: Path) -> int | None:
+    try:
+        epoch = json.loads((run_dir / "last.json").read_text()).get("epoch")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return epoch if isinstance(epoch, int) else None
+
+
+def _kept_note(run_dir: Path) -> str:
+    epoch = _saved_epoch(run_dir)
+    if epoch is None:
+        return f"no checkpoint had been saved in {run_dir} yet"
+    return f"the last good checkpoint (epoch {epoch}) in {run_dir} is kept"
+
+
+def _check_finite(model: nn.Module, epoch: int, run_dir: Path) -> None:
+    """Refuses to save a state with an inf or NaN tensor (weights or BatchNorm statistics)."""
+    bad = _first_non_finite(model)
+    if bad is not None:
+        raise LTPAError(
+            f"at the end of epoch {epoch} the model's {bad} holds inf or NaN values; nothing of epoch {epoch} "
+            f"was saved, {_kept_note(run_dir)}; lower --lr or check the data"
+        )
+
+
+def _catch_up_checkpoints(
+    run_dir: Path, model: LTPAModel, cfg: TrainConfig, history: list[dict[str, Any]], classes: list[str]
+) -> None:
+    """After a kill between an epoch's resume state and its checkpoints: writes ``last`` (and ``best`` where
+    that epoch is the best) from the resume state, which holds the epoch's final weights."""
+    row = history[-1]
+    epoch = row["epoch"]
+    metrics = {k: row[k] for k in ("train_loss", "train_accuracy", "test_loss", "test_accuracy")}
+    stems = []
+    if _saved_epoch(run_dir) != epoch:
+        stems.append("last")
+    best_row = max(history, key=lambda r: r["test_accuracy"])  # the first of equal rows, as the loop keeps
+    try:
+        best_epoch = json.loads((run_dir / "best.json").read_text()).get("epoch")
+    except (OSError, ValueError):
+        best_epoch = None
+    if best_row["epoch"] == epoch and best_epoch != epoch:
+        stems.append("best")
+    for stem in stems:
+        save_checkpoint(
+            run_dir / stem,
+            model,
+            epoch=epoch,
+            metrics=metrics,
+            config=cfg.to_dict(),
+            extra={"classes": classes},
+        )
 
 
 def _runtime_summary(cfg: TrainConfig, device: torch.device) -> str:

@@ -22,6 +22,7 @@ def _epsilons(text: str) -> list[float]:
 def add_attack_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "attack",
+        allow_abbrev=False,
         help="accuracy and fooling rate under FGSM / PGD per epsilon",
         description=(
             "Adversarial robustness (method §4.4): for each checkpoint and epsilon (in 1/255 units of [0, 1] "

@@ -38,6 +38,7 @@ def add_data_parser(subparsers: Any) -> argparse.ArgumentParser:
     """Adds ``ltpa data`` to the ``ltpa`` subcommands."""
     parser = subparsers.add_parser(
         "data",
+        allow_abbrev=False,
         help="list datasets and where they are; counts and a sample grid for one",
         description="Without NAME: list every dataset, whether its files are present and where ltpa looked. "
         "With NAME: read one split, print its counts per class, and write a grid of sample images (object "

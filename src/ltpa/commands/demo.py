@@ -12,6 +12,7 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     defaults = DemoConfig()
     parser = subparsers.add_parser(
         "demo",
+        allow_abbrev=False,
         help="train baseline and attention VGG on cluttered digits and write a report (CPU, minutes)",
         description=(
             "The main job: trains a baseline VGG and an attention VGG (paper layout, narrow width) on the "
@@ -41,6 +42,11 @@ def add_demo_parser(subparsers: argparse._SubParsersAction) -> argparse.Argument
     add_speed_args(speed)
     parser.set_defaults(amp=defaults.amp, channels_last=defaults.channels_last, threads=defaults.threads)
     parser.add_argument("--quiet", action="store_true", help="no progress output")
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="redo the runs even where their folders hold files the demo did not write (those are kept)",
+    )
     parser.set_defaults(func=demo_command)
     return parser
 
@@ -60,6 +66,7 @@ def demo_command(args: argparse.Namespace) -> int:
         channels_last=args.channels_last,
         threads=args.threads,
         quiet=args.quiet,
+        overwrite=args.overwrite,
     )
     run_demo(cfg)
     return 0

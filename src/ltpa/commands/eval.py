@@ -107,6 +107,7 @@ def common_kwargs(args: argparse.Namespace) -> dict[str, Any]:
 def add_eval_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "eval",
+        allow_abbrev=False,
         help="accuracy, per-class accuracy and confusion matrix of checkpoints",
         description=(
             "Top-1 accuracy and error (single centre view, BN in eval mode; method §3.5), per-class accuracy "

@@ -17,6 +17,7 @@ from ltpa.commands.eval import (
 def add_localize_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "localize",
+        allow_abbrev=False,
         help="attention mass inside the object's box and mask, pointing game",
         description=(
             "Attention localisation on data with ground truth: per level, the share of attention mass inside "

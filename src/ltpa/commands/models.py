@@ -11,6 +11,7 @@ from ltpa.models import list_models, model_info
 def add_models_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "models",
+        allow_abbrev=False,
         help="list the models with parameter counts and attended levels",
         description="List the registered models (method §7) with their parameter counts and attended levels.",
     )

@@ -17,6 +17,7 @@ from ltpa.commands.eval import (
 def add_segment_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "segment",
+        allow_abbrev=False,
         help="Jaccard index of binarised attention maps against ground-truth masks",
         description=(
             "Weakly supervised segmentation (method §4.3): each level's map and their mean, upsampled and "

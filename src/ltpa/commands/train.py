@@ -52,6 +52,7 @@ def add_speed_args(group: argparse._ArgumentGroup | argparse.ArgumentParser) -> 
 def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "train",
+        allow_abbrev=False,
         help="train a model (any model and dataset, or a paper preset)",
         description=(
             "Train a model. Settings come from defaults, then --config YAML, then --preset, then the flags below. "
@@ -92,7 +93,19 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     optim.add_argument("--seed", type=int)
     run = parser.add_argument_group("run")
     run.add_argument("--out", help="run folder (default runs/<model>-<data>-s<seed>-<time>)")
-    run.add_argument("--resume", metavar="RUN_DIR", help="continue an interrupted run from its folder")
+    run.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue an interrupted run from its folder, with its saved settings; only --epochs (to extend "
+        "the run), --device and --quiet may differ, any other flag that differs is refused",
+    )
+    run.add_argument(
+        "--overwrite",
+        action="store_true",
+        default=None,
+        help="train into a non-empty --out that holds no run to continue: ltpa's own files there are replaced, "
+        "other files are kept (without it such a folder is refused)",
+    )
     run.add_argument("--device", help="auto (default), cpu, cuda, cuda:1")
     add_speed_args(run)
     run.add_argument("--compile", action="store_true", default=None, help="torch.compile the model")
@@ -110,28 +123,43 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
 _FLAG_KEYS = (
     "model", "data", "root", "subset", "test_subset", "width", "img_size", "preprocess", "init_from", "epochs",
     "batch_size", "lr", "augment", "seed", "out", "device", "amp", "channels_last", "threads", "compile",
-    "sync_bn", "checkpoint_every", "tensorboard", "quiet",
+    "sync_bn", "checkpoint_every", "tensorboard", "quiet", "overwrite",
 )  # fmt: skip
 
 
 def train_command(args: argparse.Namespace) -> int:
-    from ltpa.config import list_presets, resolve_config
+    from ltpa.config import TrainConfig, list_presets, load_yaml, preset_overrides, resolve_config
 
     if args.list_presets:
         for name in list_presets():
             print(name)
         return 0
+    if not (args.model or args.preset or args.config or args.resume):
+        raise LTPAError(
+            "say what to train: --model NAME (`ltpa models`), --preset NAME (--list-presets), "
+            "--config FILE or --resume RUN_DIR"
+        )
     overrides: dict[str, Any] = {key: getattr(args, key) for key in _FLAG_KEYS}
     if args.model_kwarg:
         overrides["model_kwargs"] = dict(args.model_kwarg)
     if args.data_option:
         overrides["data_options"] = dict(args.data_option)
-    cfg = resolve_config(args.config, args.preset, overrides)
-    if args.dry_run:
-        return _dry_run(cfg)
     from ltpa.train import fit
 
-    result = fit(cfg, resume=args.resume)
+    if args.resume is not None:
+        if args.dry_run:
+            raise LTPAError("--dry-run does not apply to --resume; read the run's config.yaml instead")
+        # everything given on the command line, to be checked against the run's saved settings
+        given: dict[str, Any] = load_yaml(args.config) if args.config else {}
+        if args.preset:
+            given.update(preset_overrides(args.preset))
+        given.update({k: v for k, v in overrides.items() if v is not None})
+        result = fit(TrainConfig(quiet=bool(args.quiet)), resume=args.resume, changes=given)
+    else:
+        cfg = resolve_config(args.config, args.preset, overrides)
+        if args.dry_run:
+            return _dry_run(cfg)
+        result = fit(cfg)
     final = result.final
     if final:
         print(

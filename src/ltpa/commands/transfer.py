@@ -22,6 +22,7 @@ def _floats(text: str) -> list[float]:
 def add_transfer_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "transfer",
+        allow_abbrev=False,
         help="linear classifier on frozen features of unseen datasets",
         description=(
             "The 'unseen datasets' protocol (method §4.2): frozen features (attention descriptors for attention"

@@ -11,6 +11,7 @@ from ltpa.commands.train import add_data_option_arg
 def add_visualize_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "visualize",
+        allow_abbrev=False,
         help="attention maps overlaid on images (with CAM / Grad-CAM beside them)",
         description=(
             "Per-level attention maps of a checkpoint, bilinearly upsampled and min-max scaled per image, "
