@@ -93,7 +93,13 @@ def test_contract(case):
         assert d.shape == (2, info["descriptor"])
         assert torch.allclose(a.flatten(1).sum(1), torch.ones(2), atol=1e-5)  # softmax over positions
         assert (a >= 0).all()
-    assert model.forward_features(x).shape == (2, sum(i["descriptor"] for i in model.attn_info))
+    feats = model.forward_features(x)
+    assert feats.shape[:2] == (2, model.global_info["channels"]) and feats.dim() == 4
+    width = sum(i["descriptor"] for i in model.attn_info)
+    assert model.forward_head(feats, pre_logits=True).shape == (2, width) == (2, model.num_features)
+    with torch.no_grad():  # timm's contract: the head of forward_features' output is forward
+        torch.testing.assert_close(model.eval().forward_head(model.forward_features(x)), model(x))
+    model.train()
 
     out.logits.logsumexp(1).sum().backward()
     backbone = list(model.backbone.parameters())

@@ -138,3 +138,38 @@ def test_cli_export(tmp_path, capsys):
 
     assert ltpa.cli.main(["export", str(tmp_path / "nothing")]) == 2
     assert "no checkpoint at" in capsys.readouterr().err
+
+
+def test_cli_export_hf_folder(tmp_path, capsys, monkeypatch):
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    torch.manual_seed(0)
+    model = ltpa.create_model("vgg_att2_concat_pc", num_classes=3, width=0.125, img_size=16)
+    config = {"model": "vgg_att2_concat_pc", "data": "cluttered-digits", "preset": None, "epochs": 2}
+    metrics = {"test_accuracy": 0.75}
+    classes = ["zero", "one", "two"]
+    save_checkpoint(
+        tmp_path / "run" / "last", model, epoch=2, metrics=metrics, config=config, extra={"classes": classes}
+    )
+    out = tmp_path / "shared"
+    assert ltpa.cli.main(["export", str(tmp_path / "run"), "--format", "hf", "--out", str(out)]) == 0
+    assert "matches PyTorch" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "config.json", "model.safetensors"]
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []  # no temporary folder left
+    card = (out / "README.md").read_text()
+    assert "ltpa train --model vgg_att2_concat_pc --data cluttered-digits" in card
+    assert "test_accuracy: 0.75" in card and "Data: cluttered-digits" in card and "zero, one, two" in card
+    meta = json.loads((out / "config.json").read_text())
+    assert meta["training"]["metrics"] == metrics and meta["pretrained_cfg"]["classes"] == classes
+    loaded = ltpa.create_model("vgg_att2_concat_pc", pretrained=out).eval()
+    x = torch.rand(2, 3, 16, 16)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), model.eval()(x))
+    assert loaded.pretrained_cfg["classes"] == classes
+
+    assert ltpa.cli.main(["export", str(tmp_path / "run"), "--format", "hf"]) == 0  # default: beside it
+    assert (tmp_path / "run" / "last-hf" / "model.safetensors").is_file()
+    assert ltpa.cli.main(["export", str(tmp_path / "run"), "--format", "hf", "--with-maps"]) == 2
+    assert "--with-maps is for onnx and torchscript" in capsys.readouterr().err

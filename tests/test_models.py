@@ -66,7 +66,7 @@ def test_contract_forward_backward_32(name):
     model.eval()
     torch.testing.assert_close(model.forward_attention(x).logits, model(x))
     assert model(x[:1]).shape == (1, 10)  # batch size 1 in eval mode
-    assert model.forward_features(x).shape[0] == 2
+    assert model.forward_features(x).dim() == 4 and model.forward_features(x).shape[0] == 2
 
 
 @pytest.mark.parametrize("name", ["vgg", "vgg_gap", "vgg_pan", "vgg_att2_concat_pc", "vgg_att3_concat_pc"])
@@ -144,7 +144,7 @@ def test_indep_modes_mean_and_product():
     prod = _small("vgg_att2_indep_pc", indep_mode="product").eval()
     prod.load_state_dict(mean.state_dict())
     x = torch.rand(2, 3, 32, 32)
-    feats = mean.forward_features(x)
+    feats = mean.forward_head(mean.forward_features(x), pre_logits=True)
     parts = torch.split(feats, mean.head.channels, dim=1)
     probs = [torch.softmax(fc(p), 1) for fc, p in zip(mean.head.fc, parts)]
     torch.testing.assert_close(torch.softmax(mean(x), 1), (probs[0] + probs[1]) / 2)
@@ -213,3 +213,108 @@ def test_models_command_lists_every_model(capsys):
     for name in ltpa.list_models():
         assert name in out
     assert "19,720,780" in out
+
+
+# timm's conventions (CONTRIBUTING.md §3): the paper models at width 1/8, and the smallest timm and
+# torchvision backbones that tests/test_attach.py uses, at 64x64.
+SMALL_FAMILY = ["timm/test_resnet_att2_pc", "timm/test_convnext_att3_indep_dp", "tv/resnet18_att2_pc"]
+
+
+def _small_any(name, **kwargs):
+    if "/" in name:
+        return ltpa.create_model(name, num_classes=10, img_size=64, **kwargs)
+    return _small(name, **kwargs)
+
+
+@pytest.mark.parametrize("name", ALL_MODELS + SMALL_FAMILY)
+def test_forward_head_of_forward_features_is_forward(name):
+    torch.manual_seed(0)
+    model = _small_any(name).eval()
+    with torch.no_grad():  # non-uniform maps where attention starts uniform (attach.py)
+        for attn in getattr(model, "attention", []):
+            if getattr(attn, "score", None) is not None:
+                attn.score.weight.normal_(0.0, 0.1)
+    side = model.img_size
+    x = torch.rand(2, 3, side, side)
+    with torch.no_grad():
+        feats = model.forward_features(x)
+        assert feats.dim() == 4 and feats.shape[0] == 2  # the unpooled trunk map, as timm's
+        torch.testing.assert_close(model.forward_head(feats), model(x))
+        pre = model.forward_head(feats, pre_logits=True)
+    assert pre.shape == (2, model.num_features)
+    classifier = model.get_classifier()
+    if isinstance(classifier, torch.nn.Linear):  # concat heads: the classifier of the pre-logits is forward
+        torch.testing.assert_close(classifier(pre), model(x))
+
+
+@pytest.mark.parametrize(
+    "name", ["vgg_att3_concat_pc", "resnet164_att2_indep_dp", "timm/test_resnet_att2_pc"]
+)
+def test_forward_head_needs_the_levels_forward_features_carries(name):
+    model = _small_any(name, **({} if "/" in name else {"img_size": 32})).eval()
+    feats = model.forward_features(torch.rand(1, 3, model.img_size, model.img_size))
+    assert len(feats.levels) == len(model.attn_info) - 1  # the deepest level is the tensor itself
+    with pytest.raises(LTPAError, match="pass forward_features' output unchanged"):
+        model.forward_head(feats * 1.0)  # an operation returns a plain tensor without the levels
+
+
+@pytest.mark.parametrize("name", ALL_MODELS + SMALL_FAMILY)
+def test_pretrained_cfg_and_classifier_of_every_family(name):
+    model = _small_any(name, num_classes=7) if "/" not in name else _small_any(name)
+    cfg = model.pretrained_cfg
+    expected = {
+        "input_size",
+        "mean",
+        "std",
+        "preprocess",
+        "num_classes",
+        "classes",
+        "license",
+        "code_license",
+    }
+    assert expected <= set(cfg)
+    assert cfg["input_size"] == (3, model.img_size, model.img_size)
+    assert cfg["num_classes"] == model.num_classes and cfg["architecture"] == name
+    assert cfg["mean"] == (0.0, 0.0, 0.0) and cfg["std"] == (1.0, 1.0, 1.0)  # normalisation is inside
+    assert cfg["license"] == "unknown" and cfg["code_license"] == "MIT"
+    assert model.default_cfg == cfg
+    assert isinstance(model.get_classifier(), torch.nn.Linear | torch.nn.ModuleList)
+    width = model.num_features
+    model.reset_classifier(3)
+    assert model.num_classes == 3 and model.num_features == width
+    assert model.pretrained_cfg["num_classes"] == 3
+    x = torch.rand(2, 3, model.img_size, model.img_size)
+    assert model.eval()(x).shape == (2, 3)
+
+
+def test_create_model_pretrained_and_checkpoint_path_misuse(tmp_path):
+    with pytest.raises(LTPAError, match="no published weights for vgg_att2_concat_pc yet"):
+        ltpa.create_model("vgg_att2_concat_pc", pretrained=True)
+    with pytest.raises(LTPAError, match="neither a pretrained folder"):
+        ltpa.create_model("vgg", pretrained=str(tmp_path / "missing"))
+    with pytest.raises(LTPAError, match="pretrained must be False, True"):
+        ltpa.create_model("vgg", pretrained=1.5)
+    with pytest.raises(LTPAError, match="unknown model"):
+        ltpa.create_model("vgg_att2_concat_pcc", pretrained=True)
+    with pytest.raises(LTPAError, match="no checkpoint at"):
+        ltpa.create_model("vgg", checkpoint_path=tmp_path)
+    with pytest.raises(LTPAError, match="is not a pretrained folder"):
+        ltpa.create_model("vgg", pretrained=tmp_path)  # an empty folder
+
+
+def test_create_model_checkpoint_path_loads_an_ltpa_checkpoint(tmp_path):
+    from ltpa.checkpoint import save_checkpoint
+
+    torch.manual_seed(0)
+    source = _small("vgg_gap", num_classes=3, img_size=16).eval()
+    save_checkpoint(tmp_path / "run" / "last", source, epoch=1, extra={"classes": ["a", "b", "c"]})
+    model = ltpa.create_model(
+        "vgg_gap", checkpoint_path=tmp_path / "run", num_classes=3, img_size=16, width=0.125
+    )
+    x = torch.rand(2, 3, 16, 16)
+    torch.testing.assert_close(model.eval()(x), source(x))
+    assert model.pretrained_cfg["classes"] == ["a", "b", "c"]
+    with pytest.raises(LTPAError, match="holds vgg_gap, not vgg"):
+        ltpa.create_model("vgg", checkpoint_path=tmp_path / "run")
+    with pytest.raises(LTPAError, match="does not fit vgg_gap"):
+        ltpa.create_model("vgg_gap", checkpoint_path=tmp_path / "run", num_classes=3, img_size=16)

@@ -1,4 +1,5 @@
-"""Export a trained "Learn To Pay Attention" model for deployment: ONNX or TorchScript, checked after export.
+"""Export a trained "Learn To Pay Attention" model: ONNX, TorchScript or a shareable weights folder, checked
+after export.
 
 Paper: https://arxiv.org/abs/1804.02391. The exported graph takes what ``model(x)`` takes (float32 RGB images
 in [0, 1], (B, 3, S, S); the normalisation is inside) and returns the logits, optionally followed by the
@@ -12,6 +13,11 @@ of a different batch size; a disagreement beyond ``atol + rtol * |PyTorch value|
 rule, so that large logits are held to a relative, not an absolute, precision) raises
 :class:`ltpa.errors.LTPAError` and leaves no file behind. The model's name, kwargs, classes, input size and
 output names are stored in the file (ONNX ``metadata_props``; TorchScript extra file ``ltpa.json``).
+
+The ``hf`` format is a folder for sharing the PyTorch model (``model.safetensors``, ``config.json``, a
+``README.md`` model card; :mod:`ltpa.hub`) that ``ltpa.create_model(name, pretrained=FOLDER)``,
+``LTPAModel.from_pretrained`` and, once uploaded, ``pretrained="hf-hub:<org>/<name>"`` load; its check
+reloads the folder and compares the logits.
 
 ONNX export needs the ``onnx`` package and its check ``onnxruntime``: ``pip install 'ltpa[onnx]'``. PyTorch
 has deprecated TorchScript (``torch.jit``) in favour of ``torch.export``; ONNX is the format to prefer.
@@ -37,8 +43,9 @@ from ltpa.errors import LTPAError
 
 __all__ = ["FORMATS", "ExportedOutputs", "check_export", "export_model", "onnx_opset_range", "output_names"]
 
-Format = Literal["onnx", "torchscript"]
-FORMATS: dict[str, str] = {"onnx": ".onnx", "torchscript": ".pt"}
+Format = Literal["onnx", "torchscript", "hf"]
+# format -> what the default output name appends to the checkpoint stem (hf: a folder)
+FORMATS: dict[str, str] = {"onnx": ".onnx", "torchscript": ".pt", "hf": "-hf"}
 _CHECK_BATCH = 3  # differs from the tracing batch of 2, so a batch size baked into the graph is caught
 
 
@@ -286,8 +293,8 @@ def export_model(
 
     Args:
         model: an ltpa model (its ``forward`` takes [0, 1] images; ``forward_attention`` is used for maps).
-        path: the file to write.
-        format: ``"onnx"`` or ``"torchscript"``.
+        path: the file to write (for ``"hf"``, the folder).
+        format: ``"onnx"``, ``"torchscript"`` or ``"hf"`` (a :mod:`ltpa.hub` weights folder).
         with_maps: also output every attended level's attention map after the logits.
         img_size: the exported image side (default ``model.img_size``); the batch size stays dynamic.
         check: reload the file and compare its outputs with PyTorch's on random images.
@@ -308,6 +315,11 @@ def export_model(
     """
     if format not in FORMATS:
         raise LTPAError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+    if format == "hf":
+        if with_maps:
+            raise LTPAError("--with-maps is for onnx and torchscript; an hf folder holds the whole model")
+        _check_tolerances(atol, rtol)
+        return _export_hf(model, Path(path), check=check, img_size=img_size, atol=atol, rtol=rtol)
     if with_maps and not getattr(model, "attn_info", None):
         raise LTPAError(
             f"{getattr(model, 'model_name', type(model).__name__)} has no attention maps; drop --with-maps"
@@ -346,3 +358,53 @@ def export_model(
     finally:
         model.train(was_training)
     return path
+
+
+def _export_hf(
+    model: nn.Module, path: Path, *, check: bool, img_size: int | None, atol: float, rtol: float
+) -> Path:
+    """Writes the :mod:`ltpa.hub` folder in a temporary sibling folder, checks it, then moves its files into
+    ``path``: a failed export or check leaves ``path`` as it was."""
+    import shutil
+    import tempfile
+
+    from ltpa.hub import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, from_pretrained, save_pretrained
+
+    if path.exists() and not path.is_dir():
+        raise LTPAError(f"{path} exists and is not a folder; choose another --out")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        save_pretrained(model, tmp)
+        if check:
+            _check_hf(tmp, model, img_size=img_size, atol=atol, rtol=rtol, load=from_pretrained)
+        path.mkdir(exist_ok=True)
+        for name in (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME):
+            os.replace(tmp / name, path / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return path
+
+
+def _check_hf(
+    folder: Path,
+    model: nn.Module,
+    *,
+    img_size: int | None,
+    atol: float,
+    rtol: float,
+    load: Callable[..., Any],
+) -> None:
+    reloaded = load(folder, device=next(iter(model.parameters())).device)
+    size = img_size or int(cast(Any, model).img_size)
+    x = _random_images(_CHECK_BATCH, size, next(iter(model.parameters())).device, seed=1)
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            expected, got = model(x), reloaded(x)
+    finally:
+        model.train(was_training)
+    if not torch.allclose(got, expected, rtol=rtol, atol=atol, equal_nan=True):
+        diff = float((got - expected).abs().max())
+        raise LTPAError(f"the hf folder's model differs from PyTorch by {diff:.3g}; re-export it")

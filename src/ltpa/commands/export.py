@@ -1,4 +1,5 @@
-"""``ltpa export``: a trained checkpoint to ONNX or TorchScript, checked against PyTorch after export."""
+"""``ltpa export``: a trained checkpoint to ONNX, TorchScript or a shareable weights folder (``--format hf``),
+checked against PyTorch after export."""
 
 from __future__ import annotations
 
@@ -11,11 +12,13 @@ from ltpa.export import FORMATS, onnx_opset_range
 def add_export_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
     parser = subparsers.add_parser(
         "export",
-        help="export a checkpoint to ONNX or TorchScript for deployment",
+        help="export a checkpoint to ONNX, TorchScript or a shareable weights folder",
         description=(
-            "Export a trained checkpoint to ONNX or TorchScript. The exported model takes float32 RGB images "
-            "in [0, 1], (B, 3, S, S), returns logits (and, with --with-maps, one attention map per level), and "
-            "is compared with PyTorch on random images after export."
+            "Export a trained checkpoint to ONNX or TorchScript, or (--format hf) to a folder of "
+            "model.safetensors, config.json and a README.md model card that ltpa.create_model(name, "
+            "pretrained=DIR) loads and that can be uploaded to the Hugging Face Hub. The exported model takes "
+            "float32 RGB images in [0, 1], (B, 3, S, S), returns logits (and, with --with-maps, one attention "
+            "map per level), and is compared with PyTorch on random images after export."
         ),
     )
     parser.add_argument(
@@ -26,7 +29,9 @@ def add_export_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     group.add_argument(
         "--with-maps", action="store_true", help="also output the attention map of every level"
     )
-    group.add_argument("--out", help="output file (default: beside the checkpoint, .onnx or .pt)")
+    group.add_argument(
+        "--out", help="output file, or folder for hf (default: beside the checkpoint, .onnx, .pt or -hf/)"
+    )
     group.add_argument("--img-size", type=int, help="input side (default: the model's)")
     low, high = onnx_opset_range()
     group.add_argument(

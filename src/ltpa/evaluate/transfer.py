@@ -2,7 +2,8 @@
 
 Paper: "Learn To Pay Attention", Jetley et al., ICLR 2018, https://arxiv.org/abs/1804.02391. The paper
 extracts one fixed feature vector per image from CIFAR-trained models (the concatenated attention descriptors
-for attention models, the penultimate layer for baselines: exactly ``model.forward_features``) and classifies
+for attention models, the penultimate layer for baselines: exactly
+``model.forward_head(model.forward_features(x), pre_logits=True)``) and classifies
 the target datasets with a linear classifier; classifier, splits and numbers are unknown (method §6.2), so:
 
 * images are resized to the model's input side (32 for CIFAR models), features extracted once per model,
@@ -62,7 +63,8 @@ DEFAULT_CS: tuple[float, ...] = (0.001, 0.01, 0.1, 1.0, 10.0, 100.0)
 def extract_features(
     model: LTPAModel, images: torch.Tensor, *, batch_size: int = 256, progress: bool | None = None
 ) -> torch.Tensor:
-    """Frozen transfer features ``model.forward_features`` (eval mode), images fed at the model's input side.
+    """Frozen transfer features, the pre-logits ``forward_head(forward_features(x), pre_logits=True)`` (eval
+    mode), images fed at the model's input side.
 
     Shape:
         - images: (N, 3, H, W) uint8 or float [0, 1]
@@ -73,7 +75,8 @@ def extract_features(
     chunks = []
     with eval_mode(model):
         for sl in progress_bar(batch_slices(len(images), batch_size), desc="features", progress=progress):
-            chunks.append(model.forward_features(to_model_input(images[sl], size, device)).float().cpu())
+            trunk = model.forward_features(to_model_input(images[sl], size, device))
+            chunks.append(model.forward_head(trunk, pre_logits=True).float().cpu())
     return torch.cat(chunks) if chunks else torch.empty(0, 0)
 
 

@@ -11,7 +11,8 @@ from __future__ import annotations
 import functools
 from typing import Any
 
-from ltpa.models._base import AttentionOutput, LTPAModel
+from ltpa.errors import LTPAError
+from ltpa.models._base import AttentionOutput, LTPAModel, TrunkFeatures
 from ltpa.models._registry import create_model, list_models, register_model
 from ltpa.models.attach import AttnBackbone, attach
 from ltpa.models.resnet import PreActResNet
@@ -26,6 +27,7 @@ __all__ = [
     "AttnVGG",
     "LTPAModel",
     "PreActResNet",
+    "TrunkFeatures",
     "attach",
     "create_model",
     "list_models",
@@ -39,9 +41,7 @@ def _fixed(cls: type[LTPAModel], **fixed: Any) -> Any:
     def build(**kwargs: Any) -> LTPAModel:
         clash = set(fixed) & set(kwargs)
         if clash:
-            raise ValueError(
-                f"{', '.join(sorted(clash))} is fixed by the model name; pick another model name"
-            )
+            raise LTPAError(f"{', '.join(sorted(clash))} is fixed by the model name; pick another model name")
         return cls(**fixed, **kwargs)
 
     return build

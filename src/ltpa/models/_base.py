@@ -6,16 +6,19 @@ Paper: "Learn To Pay Attention", https://arxiv.org/abs/1804.02391 (method §2 an
 from __future__ import annotations
 
 import math
-from typing import Any, NamedTuple
+import os
+from pathlib import Path
+from typing import Any, NamedTuple, cast
 
 import torch
 from torch import nn
 
 from ltpa.attention import scale_grad
+from ltpa.errors import LTPAError
 from ltpa.layers import Dropout
 from ltpa.preprocess import build_preprocess
 
-__all__ = ["AttentionOutput", "LTPAModel", "conv_bn_relu", "init_official", "scaled"]
+__all__ = ["AttentionOutput", "LTPAModel", "TrunkFeatures", "conv_bn_relu", "init_official", "scaled"]
 
 CONV_BN_EPS = 1e-3  # Torch SpatialBatchNormalization(n, 1e-3) in the official code
 
@@ -80,18 +83,47 @@ def init_official(module: nn.Module, *, zero_linear_bias: bool = False) -> None:
                 m.bias.zero_()
 
 
+class TrunkFeatures(torch.Tensor):
+    """What ``forward_features`` returns when the head attends more than the deepest map.
+
+    A tensor: the deepest trunk map (B, C, H, W), usable as timm's ``forward_features`` output is (pool it,
+    read its shape). It carries in ``levels`` the shallower attended maps, shallowest first, which
+    ``forward_head`` needs to recompute attention (the head of an attention model reads several levels,
+    method §1.6). Any operation on it returns a plain tensor without ``levels``: pass it to ``forward_head``
+    unchanged.
+    """
+
+    levels: tuple[torch.Tensor, ...]
+    # No subclass propagation: results of operations are plain tensors.
+    __torch_function__ = torch._C._disabled_torch_function_impl  # type: ignore[assignment]
+
+    @staticmethod
+    def wrap(final: torch.Tensor, levels: list[torch.Tensor]) -> torch.Tensor:
+        """``final`` carrying ``levels``, or ``final`` itself when there are none."""
+        if not levels:
+            return final
+        out = final.as_subclass(TrunkFeatures)
+        out.levels = tuple(levels)
+        return out
+
+
 class LTPAModel(nn.Module):
-    """Base class of the model contract.
+    """Base class of the model contract, which follows timm's conventions with timm's meanings.
 
     * ``model(x)`` takes images in [0, 1], (B, 3, H, W), and returns logits (B, K); the input normalisation
       (``self.preprocess``) is part of the model.
     * ``model.forward_attention(x)`` returns :class:`AttentionOutput`.
-    * ``model.forward_features(x)`` returns the input of the final linear classifier (B, F): the feature used
-      for transfer (method §4.2).
+    * ``model.forward_features(x)`` returns the unpooled feature map of the trunk (B, C, H, W), as timm's
+      does; ``model.forward_head(f, pre_logits=False)`` turns it into logits, so that
+      ``forward_head(forward_features(x)) == model(x)``. With ``pre_logits=True`` it returns the input of the
+      final linear classifier (B, ``num_features``): the feature used for transfer (method §4.2).
     * ``model.attn_info``: one dict per attended level with ``name``, ``channels`` and ``stride`` (relative to
       the input), shallowest first, as timm's ``feature_info``.
+    * ``num_features``, ``pretrained_cfg``, ``get_classifier()``, ``reset_classifier(num_classes)``,
+      ``save_pretrained(dir)`` and ``from_pretrained(dir_or_id)`` (:mod:`ltpa.hub`).
 
-    Subclasses implement ``_forward(x)`` on normalised input, returning ``(AttentionOutput, features)``.
+    Subclasses implement ``_features(x) -> (final, levels)`` (the trunk on normalised input: the deepest map
+    and the shallower maps the head attends) and ``_head(final, levels) -> (AttentionOutput, pre_logits)``.
     """
 
     num_classes: int
@@ -111,6 +143,7 @@ class LTPAModel(nn.Module):
         self.num_classes = num_classes
         self.img_size = img_size
         self.preprocess = build_preprocess(preprocess, img_size=img_size)
+        self.preprocess_name = preprocess
         self.attn_info = []
         self.grad_averaging = False
 
@@ -119,8 +152,14 @@ class LTPAModel(nn.Module):
         arriving through this use is divided by ``consumers`` (method §3.3)."""
         return scale_grad(x, 1.0 / consumers) if self.grad_averaging else x
 
-    def _forward(self, x: torch.Tensor) -> tuple[AttentionOutput, torch.Tensor]:
+    def _features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         raise NotImplementedError
+
+    def _head(self, final: torch.Tensor, levels: list[torch.Tensor]) -> tuple[AttentionOutput, torch.Tensor]:
+        raise NotImplementedError
+
+    def _forward(self, x: torch.Tensor) -> tuple[AttentionOutput, torch.Tensor]:
+        return self._head(*self._features(x))
 
     def _check_input(self, x: torch.Tensor) -> None:
         if x.dim() != 4 or x.shape[1] != 3:
@@ -137,13 +176,108 @@ class LTPAModel(nn.Module):
         return self._forward(self.preprocess(x))[0]
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The input of the final linear layer (B, F) for images ``x`` in [0, 1]."""
+        """The unpooled feature map of the trunk for images ``x`` in [0, 1], as timm's ``forward_features``.
+
+        The trunk ends at the deepest attended map (conv13, ResNet stage 3, the backbone's final stage); the
+        global path and the attention are part of the head. When the head also attends shallower maps, the
+        result is a :class:`TrunkFeatures` carrying them, so that ``forward_head`` can recompute attention.
+
+        Shape:
+            - x: (B, 3, H, W); returns (B, C, H_f, W_f).
+        """
         self._check_input(x)
-        return self._forward(self.preprocess(x))[1]
+        final, levels = self._features(self.preprocess(x))
+        return TrunkFeatures.wrap(final, levels)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Logits from ``forward_features``' output: ``forward_head(forward_features(x)) == model(x)``.
+
+        Args:
+            x: the output of :meth:`forward_features`, unchanged.
+            pre_logits: return the input of the final linear classifier instead of the logits.
+
+        Returns:
+            Logits (B, K), or with ``pre_logits`` the (B, ``num_features``) pooled features (for attention
+            models, the concatenated descriptors after their BN-ReLU; the transfer feature of method §4.2).
+
+        Raises:
+            LTPAError: when the head needs the shallower maps and ``x`` does not carry them (it is not the
+                unchanged output of ``forward_features``).
+        """
+        levels = list(x.levels) if isinstance(x, TrunkFeatures) else []
+        final = x.as_subclass(torch.Tensor) if isinstance(x, TrunkFeatures) else x
+        if len(levels) != self._num_head_levels():
+            raise LTPAError(
+                f"forward_head needs the {self._num_head_levels()} shallower attended maps that "
+                "forward_features attaches to its output; pass forward_features' output unchanged"
+            )
+        out, feats = self._head(final, levels)
+        return feats if pre_logits else out.logits
+
+    def _num_head_levels(self) -> int:
+        """How many maps besides the deepest one the head reads."""
+        return 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
         return self._forward(self.preprocess(x))[0].logits
+
+    @property
+    def num_features(self) -> int:
+        """Width of the pre-logits features (``forward_head(f, pre_logits=True)``): the classifier's input."""
+        fc = self._classifier()
+        layers = list(fc) if isinstance(fc, nn.ModuleList) else [fc]
+        return sum(int(cast(nn.Linear, layer).in_features) for layer in layers)
+
+    @property
+    def pretrained_cfg(self) -> dict[str, Any]:
+        """timm's ``pretrained_cfg``: what a data pipeline needs to feed the model, and where its weights
+        came from.
+
+        The normalisation is inside the model, so ``mean`` and ``std`` are 0 and 1 (feed images in [0, 1]);
+        ``preprocess`` names the preset inside. ``license`` is the weights' licence (``"unknown"`` unless the
+        weights' ``config.json`` sets it); ``code_license`` is that of ltpa (MIT). ``classes`` are the class
+        names when the weights carry them. The result is a fresh dict; assign a dict to update it.
+        """
+        classifier = self._classifier()
+        prefix = next((name for name, mod in self.named_modules() if mod is classifier), "")
+        cfg: dict[str, Any] = {
+            "architecture": getattr(self, "model_name", type(self).__name__),
+            "input_size": (3, self.img_size, self.img_size),
+            "interpolation": "bilinear",
+            "crop_pct": 1.0,
+            "mean": (0.0, 0.0, 0.0),
+            "std": (1.0, 1.0, 1.0),
+            "preprocess": self.preprocess_name,
+            "num_classes": self.num_classes,
+            "classes": None,
+            "classifier": prefix,
+            "license": "unknown",
+            "code_license": "MIT",
+        }
+        cfg.update(self.__dict__.get("_pretrained_cfg", {}))
+        cfg["num_classes"] = self.num_classes
+        cfg["input_size"] = (3, self.img_size, self.img_size)
+        if cfg["classes"] is not None and len(cfg["classes"]) != self.num_classes:
+            cfg["classes"] = None  # the classifier was reset
+        return cfg
+
+    @pretrained_cfg.setter
+    def pretrained_cfg(self, cfg: dict[str, Any]) -> None:
+        self.__dict__["_pretrained_cfg"] = dict(cfg)
+
+    def _classifier(self) -> nn.Module:
+        # For the properties: an AttributeError says "no such attribute" to hasattr, which TorchScript's
+        # tracer calls on every attribute of a module.
+        try:
+            return self.get_classifier()
+        except NotImplementedError as err:
+            raise AttributeError(f"{type(self).__name__} does not implement get_classifier") from err
+
+    @property
+    def default_cfg(self) -> dict[str, Any]:
+        """timm's older name for :attr:`pretrained_cfg`."""
+        return self.pretrained_cfg
 
     def get_classifier(self) -> nn.Module:
         """The final linear layer(s), which ``reset_classifier`` replaces."""
@@ -153,3 +287,28 @@ class LTPAModel(nn.Module):
         """Replaces the final linear layer(s) by fresh ones for ``num_classes`` classes (the CUB recipe
         initialises everything else from a CIFAR-100 model, method §2.3)."""
         raise NotImplementedError
+
+    def save_pretrained(self, directory: str | os.PathLike[str], **card: Any) -> Path:
+        """Writes ``model.safetensors``, ``config.json`` and a ``README.md`` model card to ``directory``.
+
+        See :func:`ltpa.hub.save_pretrained` (``card`` is passed on).
+        """
+        from ltpa.hub import save_pretrained
+
+        return save_pretrained(self, directory, **card)
+
+    @classmethod
+    def from_pretrained(cls, source: str | os.PathLike[str], **kwargs: Any) -> LTPAModel:
+        """The model saved by :meth:`save_pretrained` in a local folder or a Hugging Face Hub repository.
+
+        See :func:`ltpa.hub.from_pretrained`. Called on a subclass, the saved model must be one of it.
+        """
+        from ltpa.hub import from_pretrained
+
+        model = from_pretrained(source, **kwargs)
+        if not isinstance(model, cls):
+            raise LTPAError(
+                f"{source} holds a {type(model).__name__} ({model.model_name}), not a {cls.__name__}; "
+                "load it with ltpa.LTPAModel.from_pretrained"
+            )
+        return model

@@ -6,8 +6,9 @@ A variant is a registered builder that fixes keyword arguments of one generic cl
 from __future__ import annotations
 
 import difflib
+import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from ltpa.errors import LTPAError
 from ltpa.models._base import LTPAModel
@@ -41,25 +42,129 @@ def list_models(pattern: str | None = None) -> list[str]:
     return names
 
 
-def create_model(name: str, **kwargs: Any) -> LTPAModel:
-    """Builds the registered model ``name`` with ``kwargs`` (``num_classes``, ``img_size``, ``width``, ...).
+def create_model(
+    name: str,
+    pretrained: bool | str | os.PathLike[str] = False,
+    checkpoint_path: str | os.PathLike[str] | None = None,
+    **kwargs: Any,
+) -> LTPAModel:
+    """Builds the registered model ``name`` with ``kwargs`` (``num_classes``, ``img_size``, ``width``, ...),
+    as ``timm.create_model`` does.
 
     The returned model remembers ``model_name`` and ``model_kwargs`` so that checkpoints can rebuild it.
 
+    Args:
+        name: a registered name (``ltpa.list_models()``, ``timm/...``, ``tv/...``), or ``hf-hub:<org>/<name>``
+            for the model saved in that Hub repository.
+        pretrained: which weights to start from.
+
+            * ``False``: fresh initialisation (method §3.6).
+            * a folder written by ``model.save_pretrained`` / ``ltpa export RUN --format hf``, or a Hub id
+              ``"hf-hub:<org>/<name>[@<revision>]"``: the whole model's weights. Its saved keyword arguments
+              are the defaults of ``kwargs``; a different ``num_classes`` keeps a fresh classifier.
+            * ``True``: the published weights of ``name``. The paper models have none yet: train one
+              (``ltpa train --model NAME``) and pass its run folder as ``checkpoint_path``, or its
+              ``ltpa export RUN --format hf`` folder as ``pretrained``. For ``timm/`` and ``tv/`` names,
+              ``True`` (or a weights file path) loads the backbone's ImageNet weights from the local cache
+              (:mod:`ltpa.models.attach`).
+        checkpoint_path: an ``ltpa train`` run folder or checkpoint (``ltpa.checkpoint``) whose weights are
+            loaded into the model after ``pretrained``; it must hold the same architecture.
+        **kwargs: the model's keyword arguments.
+
     Raises:
-        LTPAError: for an unknown name, listing the closest registered names.
+        LTPAError: every misuse: an unknown name (listing the closest registered names), ``pretrained``
+            that is not one of the above or names weights that are missing, unreachable or of another
+            model, a ``checkpoint_path`` without a checkpoint or of another model.
     """
-    prefix, _, rest = name.partition("/")
-    if rest and prefix in _FAMILIES:
-        model = _FAMILIES[prefix](rest)(**kwargs)
-        model.model_name = name
-        model.model_kwargs = dict(kwargs)
-        return model
+    if name.startswith("hf-hub:"):
+        if pretrained not in (False, True) or checkpoint_path is not None:
+            raise LTPAError(f"{name} names its weights itself; leave out pretrained and checkpoint_path")
+        from ltpa.hub import from_pretrained
+
+        return cast(LTPAModel, from_pretrained(name, **kwargs).train())
+    files = None
+    family = name.partition("/")[0] in _FAMILIES and "/" in name
+    if isinstance(pretrained, bool) or pretrained is None:
+        if pretrained is True and not family:
+            _check_name(name)
+            raise LTPAError(
+                f"no published weights for {name} yet: train them (`ltpa train --model {name} ...`) and pass "
+                "the run folder as checkpoint_path=, or `ltpa export RUN --format hf --out DIR` and pass "
+                "pretrained=DIR (or an hf-hub:<org>/<name> id)"
+            )
+        if pretrained is True:
+            kwargs["pretrained"] = True
+    elif isinstance(pretrained, str | os.PathLike):
+        from ltpa.hub import is_pretrained_source, resolve_pretrained
+
+        if is_pretrained_source(pretrained):
+            files = resolve_pretrained(pretrained)
+            saved = files.config["model_name"]
+            if saved != name:
+                raise LTPAError(
+                    f"{files.source} holds {saved}, not {name}; "
+                    f"call ltpa.create_model({saved!r}, pretrained={os.fspath(pretrained)!r})"
+                )
+            kwargs = {**files.config.get("model_kwargs", {}), **kwargs}
+        elif family:
+            kwargs["pretrained"] = os.fspath(pretrained)  # a backbone weights file (models/attach.py)
+        else:
+            raise LTPAError(
+                f"pretrained={os.fspath(pretrained)!r} is neither a pretrained folder "
+                "(model.save_pretrained, `ltpa export RUN --format hf`) nor an hf-hub:<org>/<name> id"
+            )
+    else:
+        raise LTPAError(
+            "pretrained must be False, True, a pretrained folder or an hf-hub:<org>/<name> id, "
+            f"got {pretrained!r}"
+        )
+    model = _build(name, kwargs)
+    if files is not None:
+        from ltpa.hub import load_pretrained_weights
+
+        load_pretrained_weights(model, files)
+    if checkpoint_path is not None:
+        _load_checkpoint(model, name, checkpoint_path)
+    return model
+
+
+def _check_name(name: str) -> None:
     if name not in _MODELS:
         close = difflib.get_close_matches(name, list(_MODELS), n=5, cutoff=0.4)
         hint = f"did you mean {', '.join(close)}?" if close else "see `ltpa models` for the list"
         raise LTPAError(f"unknown model {name!r}; {hint}")
-    model = _MODELS[name](**kwargs)
+
+
+def _build(name: str, kwargs: dict[str, Any]) -> LTPAModel:
+    prefix, _, rest = name.partition("/")
+    if rest and prefix in _FAMILIES:
+        model = _FAMILIES[prefix](rest)(**kwargs)
+    else:
+        _check_name(name)
+        model = _MODELS[name](**kwargs)
     model.model_name = name
     model.model_kwargs = dict(kwargs)
     return model
+
+
+def _load_checkpoint(model: LTPAModel, name: str, path: str | os.PathLike[str]) -> None:
+    """Loads the weights of an ltpa checkpoint (``ltpa.checkpoint.load_model``) into ``model``."""
+    from ltpa.checkpoint import load_model, read_sidecar
+
+    saved = read_sidecar(path)["model_name"]
+    if saved != name:
+        raise LTPAError(
+            f"checkpoint {os.fspath(path)} holds {saved}, not {name}; "
+            f"call ltpa.create_model({saved!r}, checkpoint_path=...) or ltpa.load_model"
+        )
+    source = load_model(path)
+    try:
+        model.load_state_dict(source.state_dict())
+    except RuntimeError as err:
+        raise LTPAError(
+            f"checkpoint {os.fspath(path)} does not fit {name} built with these arguments "
+            f"({str(err).splitlines()[0]}); leave out the arguments that change the architecture"
+        ) from err
+    classes = source.checkpoint.get("classes")
+    if classes:
+        model.pretrained_cfg = {**model.__dict__.get("_pretrained_cfg", {}), "classes": list(classes)}

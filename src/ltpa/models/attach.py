@@ -385,6 +385,8 @@ class AttnBackbone(LTPAModel):
         - input: (B, 3, H, W) in [0, 1]; output: (B, num_classes).
         - ``forward_attention``: maps[s] (B, H / stride_s, W / stride_s), descriptors[s] (B, attn_info[s]
           ["descriptor"]).
+        - ``forward_features``: the map of ``global_level`` (B, C, H / stride, W / stride), carrying the other
+          attended maps (:class:`ltpa.models.TrunkFeatures`) for ``forward_head``.
     """
 
     def __init__(
@@ -431,6 +433,10 @@ class AttnBackbone(LTPAModel):
         self.backbone = taps
         self.stages = stages
         self.global_info = glob
+        # forward_features returns the global level's map; attended levels that are that same layer are
+        # not repeated in its ``levels``.
+        self._local_is_global = [name == glob["name"] for name in names]
+        self.preprocess_name = preprocess
 
         dim_g = glob["channels"]
         self.global_fc: nn.Linear | None = None
@@ -472,8 +478,16 @@ class AttnBackbone(LTPAModel):
         g = final.mean(dim=(2, 3))  # (B, C)
         return self.global_fc(g) if self.global_fc is not None else g
 
-    def _forward(self, x: torch.Tensor) -> tuple[AttentionOutput, torch.Tensor]:
+    def _features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         *local_feats, final = self.backbone(x)
+        return final, [l for l, same in zip(local_feats, self._local_is_global) if not same]
+
+    def _num_head_levels(self) -> int:
+        return self._local_is_global.count(False)
+
+    def _head(self, final: torch.Tensor, levels: list[torch.Tensor]) -> tuple[AttentionOutput, torch.Tensor]:
+        others = iter(levels)
+        local_feats = [final if same else next(others) for same in self._local_is_global]
         g = self.global_feature(final)  # (B, D)
         maps, descriptors = [], []
         for l, attn in zip(local_feats, self.attention):

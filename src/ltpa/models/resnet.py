@@ -6,6 +6,8 @@ Networks" (bottleneck units, depth 9n+2 with n = 18).
 
 from __future__ import annotations
 
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -154,7 +156,7 @@ class PreActResNet(LTPAModel):
             ]
         init_official(self, zero_linear_bias=True)
 
-    def _forward(self, x: torch.Tensor) -> tuple[AttentionOutput, torch.Tensor]:
+    def _features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         x = self.stem(x)  # (B, 16, S, S)
         taps = {}
         for idx, stage in enumerate(self.stages, start=1):
@@ -163,10 +165,22 @@ class PreActResNet(LTPAModel):
             if idx in self.levels and idx < 3:
                 x = self._branch(x, 2)
         if self.final is not None:
-            feats = self.final(x)  # (B, 256)
+            final = cast(nn.Sequential, self.final)
+            return final[1](final[0](x)), []  # (B, 256, S/4, S/4): after the last BN-ReLU, as timm's ResNetV2
+        return x, [taps[lv] for lv in self.levels if lv != 3]
+
+    def _num_head_levels(self) -> int:
+        return len([lv for lv in self.levels if lv != 3])
+
+    def _head(self, final: torch.Tensor, levels: list[torch.Tensor]) -> tuple[AttentionOutput, torch.Tensor]:
+        if self.final is not None:
+            head = cast(nn.Sequential, self.final)
+            feats = head[3](head[2](final))  # (B, 256)
             return AttentionOutput(self.fc(feats), [], []), feats
         assert self.global_path is not None
-        g = self.global_path(self._branch(x, 2) if 3 in self.levels else x)  # (B, 256)
+        taps = dict(zip([lv for lv in self.levels if lv != 3], levels))
+        taps[3] = final
+        g = self.global_path(self._branch(final, 2) if 3 in self.levels else final)  # (B, 256)
         maps, descriptors = [], []
         for lv, attn in zip(self.levels, self.attention):
             g_a, a = attn(self._branch(taps[lv], 2), self._branch(g, len(self.levels)))

@@ -222,7 +222,7 @@ class AttnVGG(LTPAModel):
         ]
         init_official(self)
 
-    def _forward(self, x: torch.Tensor) -> tuple[AttentionOutput, torch.Tensor]:
+    def _features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         taps: dict[int, torch.Tensor] = {}
         x = self.resample7(self.block7(x))  # (B, C7, S, S)
         taps[7] = x
@@ -231,8 +231,15 @@ class AttnVGG(LTPAModel):
         taps[10] = x
         x = self.pool10(self._branch(x, 2) if 10 in self.levels else x)
         x = self.block13(x)  # (B, C13, S/4, S/4)
-        taps[13] = x
-        g = self.global_path(self._branch(x, 2) if 13 in self.levels else x)  # (B, D)
+        return x, [taps[lv] for lv in self.levels if lv != 13]
+
+    def _num_head_levels(self) -> int:
+        return len([lv for lv in self.levels if lv != 13])
+
+    def _head(self, final: torch.Tensor, levels: list[torch.Tensor]) -> tuple[AttentionOutput, torch.Tensor]:
+        taps = dict(zip([lv for lv in self.levels if lv != 13], levels))
+        taps[13] = final
+        g = self.global_path(self._branch(final, 2) if 13 in self.levels else final)  # (B, D)
         maps, descriptors = [], []
         for lv, attn in zip(self.levels, self.attention):
             l = self._branch(taps[lv], 2)
@@ -304,8 +311,14 @@ class VGG(LTPAModel):
         self.fc = nn.Linear(ch, num_classes)
         init_official(self)
 
-    def _forward(self, x: torch.Tensor) -> tuple[AttentionOutput, torch.Tensor]:
-        feats = self.pre_logits(self.features(x))  # (B, 512): the BN-ReLU output after FC-1 (method §4.2)
+    def _features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        for layer in list(self.features)[:-2]:  # all but the global pool and the flatten
+            x = layer(x)
+        return x, []  # (B, C, h, w)
+
+    def _head(self, final: torch.Tensor, levels: list[torch.Tensor]) -> tuple[AttentionOutput, torch.Tensor]:
+        pooled = self.features[-1](self.features[-2](final))  # (B, C)
+        feats = self.pre_logits(pooled)  # (B, 512): the BN-ReLU output after FC-1 (method §4.2)
         return AttentionOutput(self.fc(self.drop(feats)), [], []), feats
 
     def get_classifier(self) -> nn.Module:
@@ -363,8 +376,10 @@ class VGGGAP(LTPAModel):
             classes = self.fc(fmap.mean(dim=(2, 3))).argmax(1)
         return self._cam(fmap, classes.to(x.device))
 
-    def _forward(self, x: torch.Tensor) -> tuple[AttentionOutput, torch.Tensor]:
-        fmap = self.features(x)  # (B, C, h, w)
+    def _features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        return self.features(x), []  # (B, C, h, w)
+
+    def _head(self, fmap: torch.Tensor, levels: list[torch.Tensor]) -> tuple[AttentionOutput, torch.Tensor]:
         pooled = fmap.mean(dim=(2, 3))  # (B, C)
         logits = self.fc(pooled)
         return AttentionOutput(logits, [self._cam(fmap, logits.argmax(1))], [pooled]), pooled
@@ -417,18 +432,29 @@ class VGGPAN(LTPAModel):
         ]
         init_official(self)
 
-    def _forward(self, x: torch.Tensor) -> tuple[AttentionOutput, torch.Tensor]:
+    def _features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        return self._gated_trunk(x)[0], []
+
+    def _gated_trunk(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """conv13's map, the level-1 gate and the gated conv10 map."""
         l10 = self.trunk10(x)  # (B, C, S/2, S/2)
         g1 = self.global1(self._branch(l10, 2))
         l10 = self._branch(l10, 2)
         gate = torch.sigmoid(self.attn1.compatibility_scores(l10, g1))  # (B, h, w)
         gated = l10 * gate[:, None]
-        l13 = self.trunk13(gated)  # (B, C, S/4, S/4)
+        return self.trunk13(gated), gate, gated  # (B, C, S/4, S/4), ...
+
+    def _head(self, l13: torch.Tensor, levels: list[torch.Tensor]) -> tuple[AttentionOutput, torch.Tensor]:
         g2 = self.global2(self._branch(l13, 2))
         g_a, a = self.attn2(self._branch(l13, 2), g2)
         feats = self.head.features([g_a])
-        logits = self.head.logits(feats)
-        return AttentionOutput(logits, [gate, a], [gated.mean(dim=(2, 3)), g_a]), feats
+        return AttentionOutput(self.head.logits(feats), [a], [g_a]), feats
+
+    def _forward(self, x: torch.Tensor) -> tuple[AttentionOutput, torch.Tensor]:
+        l13, gate, gated = self._gated_trunk(x)
+        out, feats = self._head(l13, [])
+        maps, descriptors = [gate, *out.maps], [gated.mean(dim=(2, 3)), *out.descriptors]
+        return AttentionOutput(out.logits, maps, descriptors), feats
 
     def get_classifier(self) -> nn.Module:
         return self.head.fc
