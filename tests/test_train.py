@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_train_config
 from safetensors import safe_open
 from safetensors.torch import load_file
 
@@ -22,24 +23,7 @@ from ltpa.train import fit, lr_at
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def tiny(tmp_path, name="run", **kw):
-    base = dict(
-        model="vgg",
-        data="cluttered-digits",
-        data_options={"num_train": 192, "num_test": 64},
-        width=0.125,
-        epochs=2,
-        batch_size=32,
-        lr=0.05,
-        dampening=0.0,
-        lr_decay=0.0,
-        lr_milestones=[2],
-        lr_factors=[0.5],
-        out=str(tmp_path / name),
-        quiet=True,
-    )
-    base.update(kw)
-    return TrainConfig(**base)
+tiny = tiny_train_config  # a width-1/8 VGG on 192 cluttered digits, 2 epochs: seconds
 
 
 def weights(run_dir):

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_train_config
 from torch import nn
 
 import ltpa.checkpoint
@@ -20,25 +21,8 @@ SMALL = {"num_train": 64, "num_test": 32}
 
 def small(tmp_path, name="run", **kw):
     """A 2-epoch run of 2 steps each, fixed runtime settings (no timing): well under a second."""
-    base = dict(
-        model="vgg",
-        data="cluttered-digits",
-        data_options=dict(SMALL),
-        width=0.125,
-        epochs=2,
-        batch_size=32,
-        lr=0.05,
-        dampening=0.0,
-        lr_decay=0.0,
-        lr_milestones=[2],
-        lr_factors=[0.5],
-        out=str(tmp_path / name),
-        amp="off",
-        channels_last="off",
-        quiet=True,
-    )
-    base.update(kw)
-    return TrainConfig(**base)
+    fixed = {"data_options": dict(SMALL), "amp": "off", "channels_last": "off"}
+    return tiny_train_config(tmp_path, name, **{**fixed, **kw})
 
 
 def small_flags(out, *extra):
