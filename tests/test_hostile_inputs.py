@@ -516,3 +516,37 @@ def test_map_size_out_of_range_is_a_one_line_error(
     err = capsys.readouterr().err
     assert "--size must be a whole number of pixels in 1..1024" in err and size in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_yaml_tag_in_a_data_option_is_a_usage_error(capsys):
+    import ltpa.cli
+
+    args = [
+        "train",
+        "--model",
+        "vgg",
+        "--data",
+        "cluttered-digits",
+        "--data-option",
+        "x=!!python/object:os.system",
+    ]
+    with pytest.raises(SystemExit) as exit_info:
+        ltpa.cli.main(args)
+    assert exit_info.value.code == 2
+    assert "not plain YAML data" in capsys.readouterr().err
+
+
+def test_sidecar_edited_to_another_num_classes_is_a_one_line_error(tmp_path):
+    import json
+
+    from ltpa import create_model
+    from ltpa.checkpoint import load_model, save_checkpoint
+
+    model = create_model("vgg", width=0.0625, num_classes=10)
+    save_checkpoint(tmp_path / "run" / "last", model, epoch=1)
+    sidecar = tmp_path / "run" / "last.json"
+    meta = json.loads(sidecar.read_text())
+    meta["model_kwargs"]["num_classes"] = 7
+    sidecar.write_text(json.dumps(meta))
+    with pytest.raises(LTPAError, match=r"in the weights but .* in the model; restore the sidecar"):
+        load_model(tmp_path / "run")

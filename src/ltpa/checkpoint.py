@@ -182,6 +182,15 @@ def load_model(
         raise LTPAError(
             f"cannot read weights {weights}: {err}; the file is truncated or not safetensors"
         ) from err
+    own = model.state_dict()
+    clash = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
+    if clash:  # e.g. a sidecar edited to another num_classes or width than the weights were saved with
+        k = clash[0]
+        raise LTPAError(
+            f"weights {weights} do not fit the model its sidecar {stem}.json describes ({meta['model_name']}, "
+            f"{meta.get('model_kwargs', {})}): {k} is {tuple(state[k].shape)} in the weights but "
+            f"{tuple(own[k].shape)} in the model; restore the sidecar that was saved with these weights"
+        )
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise LTPAError(

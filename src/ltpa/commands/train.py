@@ -15,7 +15,14 @@ def _key_value(text: str) -> tuple[str, Any]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     key, value = text.split("=", 1)
-    return key.strip().replace("-", "_"), yaml.safe_load(value)
+    try:
+        parsed = yaml.safe_load(value)
+    except yaml.YAMLError as err:  # e.g. a YAML tag: values are plain data (numbers, strings, lists)
+        first = str(err).splitlines()[0]
+        raise argparse.ArgumentTypeError(
+            f"value of {key.strip()!r} is not plain YAML data ({first})"
+        ) from err
+    return key.strip().replace("-", "_"), parsed
 
 
 def add_data_option_arg(group: argparse._ArgumentGroup | argparse.ArgumentParser, help: str) -> None:
