@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import math
 import platform
@@ -187,12 +188,10 @@ def _threads(count: int) -> Iterator[None]:
 
 
 def _prepare(model: nn.Module, setup: Setup, batch: int, device: torch.device) -> tuple[Any, ...]:
-    import copy
-
     m = copy.deepcopy(model)
     if setup.name == "previous":
         _use_torch_dropout(m)
-    x = torch.rand(batch, 3, 32, 32, device=device, generator=None)
+    x = torch.rand(batch, 3, 32, 32, device=device)
     y = torch.randint(0, 10, (batch,), device=device)
     if setup.channels_last:
         m = m.to(memory_format=torch.channels_last)

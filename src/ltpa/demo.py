@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from ltpa.config import TrainConfig
 from ltpa.errors import LTPAError
 from ltpa.models import LTPAModel
+from ltpa.runtime import describe_runtime
 
 __all__ = ["DemoConfig", "run_demo"]
 
@@ -251,14 +252,6 @@ def run_demo(cfg: DemoConfig | None = None) -> dict[str, Any]:
     return summary
 
 
-def _runtime_words(runtime: dict[str, Any]) -> str:
-    """``{"threads": 2, "amp": "bf16", "channels_last": "on"}`` -> ``"2 threads, bf16, channels-last"``."""
-    words = [f"{runtime['threads']} threads"] if runtime.get("threads") else []
-    words.append("fp32" if runtime["amp"] == "off" else runtime["amp"])
-    words.append("channels-last" if runtime["channels_last"] == "on" else "contiguous")
-    return ", ".join(words)
-
-
 def _write_report(cfg: DemoConfig, out: Path, summary: dict[str, Any], results: dict[str, Any]) -> None:
     frac = summary["box_area_fraction"]
     lines = [
@@ -277,7 +270,7 @@ def _write_report(cfg: DemoConfig, out: Path, summary: dict[str, Any], results: 
         mass = ", ".join(f"{m:.3f} ({m / frac:.1f}x)" for m in res["attention_mass_in_box"]) or "-"
         lines.append(
             f"| `{name}` | {res['params']:,} | {res['test_accuracy']:.4f} | {mass} | {res['train_seconds']} | "
-            f"{_runtime_words(res['runtime'])} |"
+            f"{describe_runtime(res['runtime']['threads'], res['runtime']['amp'], res['runtime']['channels_last'])} |"
         )
     lines += [
         "",

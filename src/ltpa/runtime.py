@@ -28,7 +28,7 @@ from torch import nn
 from ltpa.errors import LTPAError
 from ltpa.system import cpu_bf16_support
 
-__all__ = ["Precision", "autocast", "choose_channels_last", "resolve_precision"]
+__all__ = ["Precision", "autocast", "choose_channels_last", "describe_runtime", "resolve_precision"]
 
 _logger = logging.getLogger(__name__)
 
@@ -76,6 +76,14 @@ def resolve_precision(amp: str, device: torch.device) -> Precision:
             return Precision("bf16", torch.bfloat16, f"auto: the CPU computes bf16 natively ({why})")
         return Precision("off", None, f"auto: fp32, the CPU has no native bf16 ({why})")
     return Precision("off", None, f"auto: fp32 on {device.type}")
+
+
+def describe_runtime(threads: int | None, amp: str, channels_last: str) -> str:
+    """Resolved settings in words, e.g. ``"2 threads, bf16 autocast, channels-last"`` (no threads: not a CPU)."""
+    words = [f"{threads} threads"] if threads else []
+    words.append("fp32" if amp == "off" else f"{amp} autocast")
+    words.append("channels-last" if channels_last == "on" else "contiguous")
+    return ", ".join(words)
 
 
 def autocast(device: torch.device, dtype: torch.dtype | None) -> contextlib.AbstractContextManager[Any]:

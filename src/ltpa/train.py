@@ -50,7 +50,7 @@ from ltpa.checkpoint import atomic_write, save_checkpoint
 from ltpa.config import TrainConfig, _check_keys, _check_types, _validate
 from ltpa.errors import LTPAError
 from ltpa.models import LTPAModel, create_model
-from ltpa.runtime import autocast, choose_channels_last, resolve_precision
+from ltpa.runtime import autocast, choose_channels_last, describe_runtime, resolve_precision
 from ltpa.system import configure_threads
 
 __all__ = [
@@ -641,9 +641,8 @@ def _resume_config(
 
 
 def _load_resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
+    meta = _read_resume_meta(path)
     try:
-        with safe_open(str(path), framework="pt") as fh:
-            meta = json.loads((fh.metadata() or {})["ltpa_state"])
         tensors = load_file(str(path))
     except Exception as err:  # safetensors' own error types for truncated or foreign files
         raise LTPAError(f"cannot read resume state {path}: {err}") from err
@@ -882,7 +881,7 @@ def _fit(
             f"training {cfg.model} ({n_params:,} parameters) on {cfg.data}: {n} images, {steps} steps/epoch, "
             f"{cfg.epochs} epochs, device {device}"
             + (f" x{dist_info.world}" if dist_info.enabled else "")
-            + f" ({_runtime_summary(cfg, device)})"
+            + f" ({describe_runtime(cfg.threads if device.type == 'cpu' else None, cfg.amp, cfg.channels_last)})"
             + f" -> {run_dir}",
             file=sys.stderr,
         )
@@ -1137,14 +1136,6 @@ def _catch_up_checkpoints(
             config=cfg.to_dict(),
             extra={"classes": classes},
         )
-
-
-def _runtime_summary(cfg: TrainConfig, device: torch.device) -> str:
-    """E.g. ``"2 threads, bf16 autocast, channels-last"``: what the resolved runtime settings mean."""
-    parts = [f"{cfg.threads} threads"] if device.type == "cpu" else []
-    parts.append("fp32" if cfg.amp == "off" else f"{cfg.amp} autocast")
-    parts.append("channels-last" if cfg.channels_last == "on" else "contiguous")
-    return ", ".join(parts)
 
 
 def _any_rank(flag: bool, device: torch.device) -> bool:
