@@ -9,7 +9,7 @@ measurements behind each choice):
 * :func:`choose_threads` picks the intra-op thread count: the cores that other processes leave idle, measured
   over a fraction of a second from ``/proc/stat``. OpenMP threads that share a core with another busy process
   make every parallel region wait for the slowest thread; on a 2-core machine with one other busy process,
-  2 threads ran at 0.1-0.3x of their idle speed and 1 thread at 0.7x.
+  2 threads kept 0.44x of their idle speed and 1 thread 0.72x (docs/benchmarks.md).
 """
 
 from __future__ import annotations
