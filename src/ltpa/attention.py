@@ -23,6 +23,7 @@ from torch import nn
 from ltpa.layers import Dropout
 
 __all__ = [
+    "ATTENTION_MODES",
     "COMPATIBILITIES",
     "MATCHES",
     "NORMALIZATIONS",
@@ -39,6 +40,8 @@ Match = Literal["global", "local"]
 COMPATIBILITIES: tuple[str, ...] = ("pc", "dp", "add")
 NORMALIZATIONS: tuple[str, ...] = ("softmax", "sigmoid")
 MATCHES: tuple[str, ...] = ("global", "local")
+# Ablation controls with the learned block's parameters, FLOPs and descriptor width (see LinearAttention).
+ATTENTION_MODES: tuple[str, ...] = ("learned", "uniform", "frozen", "from_g")
 
 
 def _pointwise(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
@@ -84,6 +87,21 @@ class LinearAttention(nn.Module):
     * ``match="local"`` (variant C): ``l`` is projected up by a 1x1 convolution (with bias) to D, ``g`` passes
       ``BN1d -> ReLU -> Dropout``, and the descriptor has width D.
 
+    Modes, for ablations that isolate *learned* attention (same parameters, FLOPs and descriptor width):
+
+    * ``"learned"``: the block of the paper.
+    * ``"uniform"``: the score parameters (``u`` and its bias, or the ``add`` scorer) are fixed at zero and the
+      scores multiplied by zero, so the map is exactly uniform and the descriptor is the spatial mean of ``l``
+      (uniform pooling in the same network).
+    * ``"frozen"``: every parameter of the block keeps its initial value (``requires_grad=False``): the map
+      still depends on the image but is not learned. Batch-norm statistics inside the projection still update.
+    * ``"from_g"``: the map is computed (and returned) as usual, but the descriptor handed on is the matched
+      global feature ``g`` instead of ``sum_i a_i l_i``: the classifier sees the trunk's global feature; the
+      block's parameters are frozen, since nothing downstream depends on them.
+
+    The zeroing and freezing happen in :meth:`apply_mode`, which the model initialisation calls after it has
+    drawn the weights (``ltpa.models.init_official``).
+
     Args:
         local_channels: channels C of the local feature map.
         global_channels: width D of the global feature.
@@ -92,6 +110,7 @@ class LinearAttention(nn.Module):
         match: which side is projected when C != D: ``"global"`` or ``"local"``.
         drop_rate: dropout on the global feature inside the projection (official: 0.5).
         attn_channels: hidden width of the ``"add"`` compatibility (default: the matched width).
+        mode: ``"learned"``, ``"uniform"``, ``"frozen"`` or ``"from_g"`` (see above).
 
     Shape:
         - local: (B, C, H, W); global: (B, D).
@@ -109,9 +128,12 @@ class LinearAttention(nn.Module):
         match: Match = "global",
         drop_rate: float = 0.5,
         attn_channels: int | None = None,
+        mode: str = "learned",
     ) -> None:
         super().__init__()
         _check_choice("compatibility", compatibility, COMPATIBILITIES)
+        _check_choice("attention mode", mode, ATTENTION_MODES)
+        self.mode = mode
         _check_choice("normalization", normalization, NORMALIZATIONS)
         _check_choice("match", match, MATCHES)
         self.compatibility = compatibility
@@ -150,6 +172,19 @@ class LinearAttention(nn.Module):
             self.global_key = nn.Linear(width, hidden)
             self.score = nn.Conv2d(hidden, 1, kernel_size=1)
 
+    @torch.no_grad()
+    def apply_mode(self) -> None:
+        """Zeroes and freezes what the ablation :attr:`mode` fixes; a no-op for ``"learned"``."""
+        if self.mode == "uniform":
+            for module in (self.score, self.local_key, self.global_key):
+                if module is not None:
+                    for p in module.parameters():
+                        p.zero_()
+                        p.requires_grad_(False)
+        elif self.mode in ("frozen", "from_g"):
+            for p in self.parameters():
+                p.requires_grad_(False)
+
     def compatibility_scores(self, local_feats: torch.Tensor, global_feat: torch.Tensor) -> torch.Tensor:
         """Unnormalised scores ``c`` (B, H, W), and nothing else: for inspection and tests."""
         l, g = self._matched(local_feats, global_feat)
@@ -184,6 +219,8 @@ class LinearAttention(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         l, g = self._matched(local_feats, global_feat)
         c = self._scores(l, g)  # (B, H, W)
+        if self.mode == "uniform":
+            c = c * 0.0  # exactly uniform, also for the parameter-free dot product
         b, h, w = c.shape
         if self.normalization == "softmax":
             a = torch.softmax(c.reshape(b, h * w), dim=1).reshape(b, h, w)
@@ -191,10 +228,16 @@ class LinearAttention(nn.Module):
         else:
             a = torch.sigmoid(c)
             g_a = torch.einsum("bhw,bchw->bc", a, l) / (h * w)  # gate, then spatial average
+        if self.mode == "from_g":
+            g_a = g  # the matched global feature, which always has the descriptor's width
         return g_a, a
 
     def extra_repr(self) -> str:
-        return f"compatibility={self.compatibility!r}, normalization={self.normalization!r}, match={self.match!r}"
+        mode = "" if self.mode == "learned" else f", mode={self.mode!r}"
+        return (
+            f"compatibility={self.compatibility!r}, normalization={self.normalization!r}, "
+            f"match={self.match!r}{mode}"
+        )
 
 
 def create_attention(

@@ -44,6 +44,9 @@ class TrainConfig:
     preprocess: str | None = None  # default: the dataset's preset
     subset: int | None = None  # first N training images
     test_subset: int | None = None  # first N test images for the per-epoch evaluation
+    # split of the per-epoch evaluation (and of "best"): "test", or "val" where the dataset has one, so that
+    # choices made during training never see the test set
+    eval_split: str = "test"
     init_from: str | None = None  # checkpoint whose weights (all but the classifier) start the run
     preset: str | None = None
     # optimiser (method §3.1)
@@ -320,3 +323,5 @@ def _validate(cfg: TrainConfig) -> None:
         raise LTPAError(f"threads must be at least 1 (got {cfg.threads}); omit it to use the idle cores")
     if cfg.lr <= 0 or cfg.width <= 0:
         raise LTPAError("lr and width must be positive")
+    if cfg.eval_split == "train" or not cfg.eval_split:
+        raise LTPAError(f"eval_split must be a held-out split such as test or val, got {cfg.eval_split!r}")

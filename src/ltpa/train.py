@@ -187,7 +187,7 @@ def _load_data(cfg: TrainConfig, img_size: int, progress: bool) -> _Tensors:
     from ltpa.data import build_dataset, load_tensors
 
     train = build_dataset(cfg.data, root=cfg.root, split="train", **cfg.data_options)
-    test = build_dataset(cfg.data, root=cfg.root, split="test", **cfg.data_options)
+    test = build_dataset(cfg.data, root=cfg.root, split=cfg.eval_split, **cfg.data_options)
     tx, ty, _ = load_tensors(train, img_size, limit=cfg.subset, progress=progress)
     vx, vy, _ = load_tensors(test, img_size, limit=cfg.test_subset, progress=progress)
     if len(tx) < cfg.batch_size and cfg.drop_last:

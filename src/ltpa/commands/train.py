@@ -78,6 +78,11 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     what.add_argument("--root", help="dataset folder (default: the dataset's usual place)")
     what.add_argument("--subset", type=int, help="train on the first N training images")
     what.add_argument("--test-subset", type=int, help="evaluate on the first N test images each epoch")
+    what.add_argument(
+        "--eval-split",
+        help="split evaluated each epoch and used to pick best (default: test; val on cluttered data with "
+        "--data-option holdout=N)",
+    )
     what.add_argument("--width", type=float, help="channel width multiplier (e.g. 0.125 on a CPU)")
     what.add_argument("--img-size", type=int, help="input side (default: the dataset's)")
     what.add_argument("--preprocess", help="input normalisation preset (default: the dataset's)")
@@ -129,7 +134,7 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
 
 
 _FLAG_KEYS = (
-    "model", "data", "root", "subset", "test_subset", "width", "img_size", "preprocess", "init_from", "epochs",
+    "model", "data", "root", "subset", "test_subset", "eval_split", "width", "img_size", "preprocess", "init_from", "epochs",
     "batch_size", "lr", "augment", "seed", "out", "device", "amp", "channels_last", "threads", "compile",
     "sync_bn", "checkpoint_every", "tensorboard", "quiet", "overwrite",
 )  # fmt: skip

@@ -176,6 +176,7 @@ _REGISTRY: dict[str, _Entry] = {
             img_size=32,
             preprocess="meanstd",
             has_masks=True,
+            splits=("train", "test", "val"),
             source="generated from scikit-learn's handwritten digits (installed with ltpa); nothing to download",
             description="one sklearn digit among clutter on a 32x32 canvas, with its mask (generated)",
         ),
@@ -188,6 +189,7 @@ _REGISTRY: dict[str, _Entry] = {
             img_size=32,
             preprocess="meanstd",
             has_masks=True,
+            splits=("train", "test", "val"),
             source="generated from Fashion-MNIST items; "
             + idx._SOURCES["fashion-mnist"].replace(", or download=True (ltpa data --download)", ""),
             description="one Fashion-MNIST item among clutter on a 32x32 canvas, with its mask (generated)",

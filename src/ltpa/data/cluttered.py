@@ -38,7 +38,7 @@ _SUPERSAMPLE = 2
 _INK = 0.15  # alpha above which a source pixel counts as part of the object (tight boxes, fragment centres)
 _DIGIT_SPLIT_SEED = 20180402  # fixes which sklearn digits are train objects and which are test objects
 _DIGIT_TEST_FRACTION = 0.25
-_SPLIT_CODES = {"train": 0, "test": 1}
+_SPLIT_CODES = {"train": 0, "test": 1, "val": 2}
 _SOLID = 0.7  # fraction of an object's peak intensity above which it is drawn fully opaque
 
 
@@ -355,6 +355,8 @@ def build_cluttered(
     img_size: int = 32,
     num_train: int = 10000,
     num_test: int = 2000,
+    num_val: int = 2000,
+    holdout: int = 0,
     seed: int = 0,
     object_scale: tuple[float, float] = (0.38, 0.55),
     num_fragments: int = 4,
@@ -367,10 +369,14 @@ def build_cluttered(
     Args:
         kind: ``"digits"`` or ``"fashion"``.
         candidates: folders with the Fashion-MNIST IDX files (``"fashion"`` only).
-        split: ``"train"`` or ``"test"``.
+        split: ``"train"``, ``"test"`` or ``"val"`` (``"val"`` needs ``holdout``).
         img_size: canvas side.
         num_train: images in the train split.
         num_test: images in the test split.
+        num_val: images in the validation split.
+        holdout: objects at the end of the training pool (Fashion-MNIST's training file, or the digits' train
+            side) kept out of the train split; the ``"val"`` split is rendered from them only, so validation
+            objects are unseen in training and test objects stay untouched for the final measurement.
         seed: generation seed (train and test derive distinct streams from it).
         object_scale: range of the object's longer side as a fraction of the canvas.
         num_fragments: clutter fragments per image.
@@ -379,22 +385,38 @@ def build_cluttered(
         colour: random colours (else grey).
     """
     if split not in _SPLIT_CODES:
-        raise LTPAError(f"cluttered-{kind}: unknown split {split!r}; choose train or test")
+        raise LTPAError(f"cluttered-{kind}: unknown split {split!r}; choose train, test or val")
+    if isinstance(holdout, bool) or not isinstance(holdout, int) or holdout < 0:
+        raise LTPAError(f"cluttered-{kind}: holdout must be a whole number >= 0, got {holdout!r}")
+    if split == "val" and holdout == 0:
+        raise LTPAError(
+            f"cluttered-{kind}: the val split is rendered from held-out training objects; "
+            "set the data option holdout=N (e.g. holdout=10000)"
+        )
+    pool = "test" if split == "test" else "train"
     if kind == "digits":
-        objects, labels, ids = digit_objects(split)
+        objects, labels, ids = digit_objects(pool)
         classes = [str(d) for d in range(10)]
         root = None
     else:
-        grey, labels, root = read_idx_split("fashion-mnist", candidates, split)
+        grey, labels, root = read_idx_split("fashion-mnist", candidates, pool)
         objects = grey.float() / 255.0
         offset = 60000 if split == "test" else 0
         ids = torch.arange(grey.shape[0]) + offset
+    if pool == "train" and holdout:
+        if holdout >= objects.shape[0]:
+            raise LTPAError(
+                f"cluttered-{kind}: holdout={holdout} leaves no training objects (the pool has "
+                f"{objects.shape[0]}); choose a smaller holdout"
+            )
+        keep = slice(objects.shape[0] - holdout, None) if split == "val" else slice(0, -holdout)
+        objects, labels, ids = objects[keep], labels[keep], ids[keep]
         classes = list(FASHION_MNIST_CLASSES)
     stream = int(np.random.SeedSequence([seed, _SPLIT_CODES[split]]).generate_state(1)[0])
     out = generate_cluttered(
         objects,
         labels,
-        num_train if split == "train" else num_test,
+        {"train": num_train, "test": num_test, "val": num_val}[split],
         img_size=img_size,
         seed=stream,
         object_scale=_pair(object_scale, "object_scale"),

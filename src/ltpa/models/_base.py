@@ -5,6 +5,7 @@ Paper: "Learn To Pay Attention", https://arxiv.org/abs/1804.02391 (method §2 an
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from pathlib import Path
@@ -18,7 +19,15 @@ from ltpa.errors import LTPAError
 from ltpa.layers import Dropout
 from ltpa.preprocess import build_preprocess
 
-__all__ = ["AttentionOutput", "LTPAModel", "TrunkFeatures", "conv_bn_relu", "init_official", "scaled"]
+__all__ = [
+    "AttentionOutput",
+    "LTPAModel",
+    "TrunkFeatures",
+    "canonical_names",
+    "conv_bn_relu",
+    "init_official",
+    "scaled",
+]
 
 CONV_BN_EPS = 1e-3  # Torch SpatialBatchNormalization(n, 1e-3) in the official code
 
@@ -54,33 +63,72 @@ def conv_bn_relu(in_channels: int, out_channels: int, drop_rate: float = 0.0) ->
     return nn.Sequential(*layers)
 
 
+def canonical_names(module: nn.Module) -> dict[nn.Module, str]:
+    """Every submodule's name, with the prefix replaced by the layer's own tag where one has ``ltpa_name``.
+
+    The convolutional layers of the VGG family carry their paper name (``conv1`` .. ``conv13``), so a layer has
+    the same canonical name in every model that contains it: ``conv7.0`` is conv7's convolution in VGG,
+    VGG-GAP and VGG-att2 alike, whatever module path the model keeps it under.
+    """
+    names: dict[nn.Module, str] = {}
+
+    def walk(m: nn.Module, name: str) -> None:
+        name = getattr(m, "ltpa_name", None) or name
+        names.setdefault(m, name)
+        for child_name, child in m.named_children():
+            walk(child, f"{name}.{child_name}" if name else child_name)
+
+    walk(module, "")
+    return names
+
+
+def _name_generator(seed: int, name: str) -> torch.Generator:
+    digest = hashlib.sha256(f"{seed}/{name}".encode()).digest()
+    return torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") & (2**63 - 1))
+
+
 @torch.no_grad()
-def init_official(module: nn.Module, *, zero_linear_bias: bool = False) -> None:
+def init_official(module: nn.Module, *, zero_linear_bias: bool = False, seed: int | None = None) -> None:
     """The official initialisation (method §3.6).
 
     Convolutions: ``N(0, sqrt(2 / (k*k*C_out)))`` ("MSR", Kaiming-normal fan-out), bias 0. Linear layers:
     Torch's default ``U(-1/sqrt(fan_in), 1/sqrt(fan_in))`` for weight and bias (bias 0 for the ResNets).
-    BatchNorm: weight ``U(0, 1)``, bias 0.
+    BatchNorm: weight ``U(0, 1)``, bias 0. Attention blocks then apply their ablation mode
+    (``LinearAttention.apply_mode``).
+
+    Args:
+        module: the model or layer to initialise.
+        zero_linear_bias: zero the linear biases (the ResNet code).
+        seed: ``None`` draws from the global random stream in construction order (the official code). An
+            integer draws every layer from its own generator keyed on ``(seed, canonical name)``
+            (:func:`canonical_names`): two models that share a layer start with equal weights there, whatever
+            else they contain; this pairs the arms of an ablation.
     """
+    names = canonical_names(module) if seed is not None else {}
     for m in module.modules():
+        gen = _name_generator(seed, names[m]) if seed is not None else None
         if isinstance(m, nn.Conv2d):
             k_h, k_w = m.kernel_size
-            m.weight.normal_(0.0, math.sqrt(2.0 / (k_h * k_w * m.out_channels)))
+            m.weight.normal_(0.0, math.sqrt(2.0 / (k_h * k_w * m.out_channels)), generator=gen)
             if m.bias is not None:
                 m.bias.zero_()
         elif isinstance(m, nn.Linear):
             bound = 1.0 / math.sqrt(m.in_features)
-            m.weight.uniform_(-bound, bound)
+            m.weight.uniform_(-bound, bound, generator=gen)
             if m.bias is not None:
                 if zero_linear_bias:
                     m.bias.zero_()
                 else:
-                    m.bias.uniform_(-bound, bound)
+                    m.bias.uniform_(-bound, bound, generator=gen)
         elif isinstance(m, nn.BatchNorm1d | nn.BatchNorm2d):
             if m.weight is not None:
-                m.weight.uniform_(0.0, 1.0)
+                m.weight.uniform_(0.0, 1.0, generator=gen)
             if m.bias is not None:
                 m.bias.zero_()
+    for m in module.modules():
+        apply_mode = getattr(m, "apply_mode", None)
+        if callable(apply_mode):
+            apply_mode()
 
 
 class TrunkFeatures(torch.Tensor):

@@ -34,7 +34,10 @@ def _block(first: int, last: int, in_ch: int, width: float, drop_scale: float) -
     for idx in range(first, last + 1):
         channels, drop = _TRUNK[idx - 1]
         out_ch = scaled(channels, width)
-        layers.append(conv_bn_relu(in_ch, out_ch, drop * drop_scale))
+        layer = conv_bn_relu(in_ch, out_ch, drop * drop_scale)
+        # the same canonical name in every VGG layout (paired initialisation, ltpa.models.canonical_names)
+        layer.ltpa_name = f"conv{idx}"  # type: ignore[assignment]
+        layers.append(layer)
         in_ch = out_ch
     return nn.Sequential(*layers), in_ch
 
@@ -150,6 +153,13 @@ class AttnVGG(LTPAModel):
         first_pool: the pool after conv7 (default 2, or 5 for 80x80 input as in the CUB models).
         grad_averaging: the official code's gradient averaging at branch points (method §3.3).
         preprocess: input normalisation preset (``ltpa.preprocess``).
+        attention_mode: ``"learned"`` (the paper), or an ablation control with the same parameters, FLOPs and
+            head: ``"uniform"`` (exactly uniform maps: uniform pooling), ``"frozen"`` (attention parameters
+            kept at their initial values) or ``"from_g"`` (the classifier sees the global feature g in each
+            descriptor's place). See :class:`ltpa.attention.LinearAttention`.
+        init_seed: draw every layer's initial weights from ``(init_seed, layer name)`` instead of the global
+            stream (:func:`ltpa.models.init_official`): models that share layers (conv1-13 across the VGG
+            family, everything but the ablated part across attention modes) then start equal.
 
     Shape:
         - input: (B, 3, img_size, img_size) in [0, 1]; output: (B, num_classes).
@@ -171,6 +181,8 @@ class AttnVGG(LTPAModel):
         first_pool: int | None = None,
         grad_averaging: bool = False,
         preprocess: str = "none",
+        attention_mode: str = "learned",
+        init_seed: int | None = None,
     ) -> None:
         super().__init__(num_classes=num_classes, img_size=img_size, preprocess=preprocess)
         levels = tuple(sorted(attention_levels))
@@ -207,7 +219,13 @@ class AttnVGG(LTPAModel):
         self.attention = nn.ModuleList(
             [
                 create_attention(
-                    channels[lv], dim_g, compatibility, normalization, match=match, drop_rate=0.5 * drop_scale
+                    channels[lv],
+                    dim_g,
+                    compatibility,
+                    normalization,
+                    match=match,
+                    drop_rate=0.5 * drop_scale,
+                    mode=attention_mode,
                 )
                 for lv in levels
             ]
@@ -220,7 +238,8 @@ class AttnVGG(LTPAModel):
             {"name": f"conv{lv}", "channels": channels[lv], "stride": strides[lv], "descriptor": d}
             for lv, d in zip(levels, desc)
         ]
-        init_official(self)
+        self.attention_mode = attention_mode
+        init_official(self, seed=init_seed)
 
     def _features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         taps: dict[int, torch.Tensor] = {}
@@ -273,6 +292,7 @@ class VGG(LTPAModel):
         width: float = 1.0,
         drop_scale: float = 1.0,
         preprocess: str = "none",
+        init_seed: int | None = None,
     ) -> None:
         super().__init__(num_classes=num_classes, img_size=img_size, preprocess=preprocess)
         pool = nn.MaxPool2d(2, 2, ceil_mode=True)
@@ -309,7 +329,7 @@ class VGG(LTPAModel):
         )
         self.drop = Dropout(0.5 * drop_scale)
         self.fc = nn.Linear(ch, num_classes)
-        init_official(self)
+        init_official(self, seed=init_seed)
 
     def _features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         for layer in list(self.features)[:-2]:  # all but the global pool and the flatten
@@ -347,6 +367,7 @@ class VGGGAP(LTPAModel):
         drop_scale: float = 1.0,
         first_pool: int | None = None,
         preprocess: str = "none",
+        init_seed: int | None = None,
     ) -> None:
         super().__init__(num_classes=num_classes, img_size=img_size, preprocess=preprocess)
         first_pool = first_pool or _default_first_pool(img_size)
@@ -362,7 +383,7 @@ class VGGGAP(LTPAModel):
         )
         self.fc = nn.Linear(c, num_classes)
         self.attn_info = [{"name": "conv13", "channels": c, "stride": first_pool * 2, "descriptor": c}]
-        init_official(self)
+        init_official(self, seed=init_seed)
 
     def _cam(self, fmap: torch.Tensor, classes: torch.Tensor) -> torch.Tensor:
         w = self.fc.weight[classes]  # (B, C)
@@ -412,6 +433,7 @@ class VGGPAN(LTPAModel):
         first_pool: int | None = None,
         grad_averaging: bool = False,
         preprocess: str = "none",
+        init_seed: int | None = None,
     ) -> None:
         super().__init__(num_classes=num_classes, img_size=img_size, preprocess=preprocess)
         self.grad_averaging = grad_averaging
@@ -430,7 +452,7 @@ class VGGPAN(LTPAModel):
             {"name": "conv10", "channels": c10, "stride": first_pool, "descriptor": c10},
             {"name": "conv13", "channels": c13, "stride": first_pool * 2, "descriptor": c13},
         ]
-        init_official(self)
+        init_official(self, seed=init_seed)
 
     def _features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         return self._gated_trunk(x)[0], []
