@@ -147,7 +147,7 @@ def test_cluttered_validation_split_uses_held_out_training_objects() -> None:
     train = build_dataset("cluttered-digits", split="train", **opts)
     val = build_dataset("cluttered-digits", split="val", **opts)
     test = build_dataset("cluttered-digits", split="test", **opts)
-    assert len(val) == 64
+    assert len(val) == 64 and val.classes == train.classes == [str(d) for d in range(10)]
     tr, va, te = (set(d.object_ids.tolist()) for d in (train, val, test))
     assert not tr & va and not va & te and not tr & te
     plain = build_dataset("cluttered-digits", split="train", num_train=64)

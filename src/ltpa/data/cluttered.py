@@ -403,6 +403,7 @@ def build_cluttered(
         objects = grey.float() / 255.0
         offset = 60000 if split == "test" else 0
         ids = torch.arange(grey.shape[0]) + offset
+        classes = list(FASHION_MNIST_CLASSES)
     if pool == "train" and holdout:
         if holdout >= objects.shape[0]:
             raise LTPAError(
@@ -411,7 +412,6 @@ def build_cluttered(
             )
         keep = slice(objects.shape[0] - holdout, None) if split == "val" else slice(0, -holdout)
         objects, labels, ids = objects[keep], labels[keep], ids[keep]
-        classes = list(FASHION_MNIST_CLASSES)
     stream = int(np.random.SeedSequence([seed, _SPLIT_CODES[split]]).generate_state(1)[0])
     out = generate_cluttered(
         objects,
