@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.ltpa-installed
 
-.PHONY: demo test lint typecheck pytest venv clean
+.PHONY: demo test lint typecheck pytest venv clean study
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,9 +17,14 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/ltpa demo
 
+# The paired evidence study behind docs/results.md (about 2 h on an idle 2-core CPU; resumable: run it again
+# after an interruption). Needs Fashion-MNIST (see README).
+study: $(STAMP)
+	$(BIN)/python -m ltpa.study
+
 lint: $(STAMP)
-	$(BIN)/ruff format --check src tests benchmarks scripts
-	$(BIN)/ruff check src tests benchmarks scripts
+	$(BIN)/ruff format --check src tests benchmarks
+	$(BIN)/ruff check src tests benchmarks
 
 typecheck: $(STAMP)
 	$(BIN)/mypy

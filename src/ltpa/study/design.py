@@ -158,6 +158,7 @@ class Design:
     transfer_test: int = 2000
     converge_points: float = 0.5  # validation accuracy change allowed over the last two epochs
     data_seed_base: int = 1000
+    root: str | None = None  # folder with the Fashion-MNIST files (default: ltpa's search path)
     arms: tuple[str, ...] = PRIMARY_ARMS + DESCRIPTIVE_ARMS
 
     def replicates(self, arm: str) -> int:
@@ -186,6 +187,7 @@ class Design:
             "model": spec.model,
             "data": "cluttered-fashion",
             "data_options": self.data_options(replicate),
+            "root": self.root,
             "eval_split": "val",
             "width": self.width,
             "model_kwargs": {"drop_scale": 0.0, "init_seed": replicate, **spec.kwargs},

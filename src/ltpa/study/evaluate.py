@@ -46,12 +46,13 @@ class ReplicateData:
     transfer: dict[str, tuple[Split, Split]]
 
 
-def _cluttered(kind: str, split: str, **options: Any) -> Split:
+def _cluttered(kind: str, split: str, root: str | None = None, **options: Any) -> Split:
     from ltpa.data import build_dataset, load_tensors
 
-    images, labels, masks = load_tensors(
-        build_dataset(f"cluttered-{kind}", split=split, **options), progress=False
+    dataset = build_dataset(
+        f"cluttered-{kind}", root=root if kind == "fashion" else None, split=split, **options
     )
+    images, labels, masks = load_tensors(dataset, progress=False)
     return Split(images, labels.long(), masks)
 
 
@@ -60,14 +61,14 @@ def load_replicate(design: Design, replicate: int) -> ReplicateData:
     from ltpa.data import build_dataset, load_tensors
 
     opts = design.data_options(replicate)
-    seed = opts["seed"]
-    val = _cluttered("fashion", "val", **opts)
-    test = _cluttered("fashion", "test", **opts)
+    seed, root = opts["seed"], design.root
+    val = _cluttered("fashion", "val", root, **opts)
+    test = _cluttered("fashion", "test", root, **opts)
     dose = {
-        f: _cluttered("fashion", "test", num_test=design.num_dose, num_fragments=f, seed=seed)
+        f: _cluttered("fashion", "test", root, num_test=design.num_dose, num_fragments=f, seed=seed)
         for f in DOSE_FRAGMENTS
     }
-    shift_opts = {"object_scale": design.shift_scale, "seed": seed}
+    shift_opts = {"object_scale": design.shift_scale, "seed": seed, "root": root}
     shift = _cluttered("fashion", "test", num_test=design.num_shift, **shift_opts)
     n_tr, n_te = design.transfer_train, design.transfer_test
     digits = (
@@ -80,7 +81,8 @@ def load_replicate(design: Design, replicate: int) -> ReplicateData:
     )
     plain = []
     for split, n in (("train", n_tr), ("test", n_te)):
-        x, y, _ = load_tensors(build_dataset("fashion-mnist", split=split), 32, limit=n, progress=False)
+        dataset = build_dataset("fashion-mnist", root=root, split=split)
+        x, y, _ = load_tensors(dataset, 32, limit=n, progress=False)
         plain.append(Split(x, y.long()))
     transfer = {"cluttered-digits": digits, "fashion-mnist": (plain[0], plain[1]), "shifted": shifted}
     return ReplicateData(val, test, dose, shift, transfer)

@@ -39,7 +39,9 @@ def section(res: Results, out: Output) -> str:
             if len(ok) < 2:
                 cells.append("-")
                 continue
-            r = paired_test([va[i] for i in ok], [vb[i] for i in ok], name="", delta=3.0, higher_is_better=False)
+            r = paired_test(
+                [va[i] for i in ok], [vb[i] for i in ok], name="", delta=3.0, higher_is_better=False
+            )
             cells.append(
                 f"{r.mean_a:.1f} vs {r.mean_b:.1f} ({r.diff:+.1f} [{r.ci_low:+.1f}, {r.ci_high:+.1f}])"
             )
