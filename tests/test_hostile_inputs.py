@@ -550,3 +550,73 @@ def test_sidecar_edited_to_another_num_classes_is_a_one_line_error(tmp_path):
     sidecar.write_text(json.dumps(meta))
     with pytest.raises(LTPAError, match=r"in the weights but .* in the model; restore the sidecar"):
         load_model(tmp_path / "run")
+
+
+# ----------------------------------------------------------------------------------- unusable output, start-up
+
+
+@pytest.mark.parametrize("command", ["eval", "export"])
+def test_an_output_path_under_a_file_is_a_one_line_error(
+    command: str, tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("keep me")
+    args = {
+        "eval": ["eval", str(tiny_run), "--data", "cluttered-digits", *data_option_flags(), "--limit", "4"],
+        "export": ["export", str(tiny_run), "--no-check"],
+    }[command]
+    assert main([*args, "--out", str(blocker / "out")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "a-file" in err and "choose another --out" in err
+    assert blocker.read_text() == "keep me"
+
+
+def test_export_into_an_unwritable_folder_names_that_folder_not_a_temporary_file(
+    tiny_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if os.geteuid() == 0:
+        pytest.skip("root writes anywhere")
+    locked = tmp_path / "locked"
+    locked.mkdir(mode=0o500)
+    assert main(["export", str(tiny_run), "--no-check", "--out", str(locked / "m.onnx")]) == 2
+    err = capsys.readouterr().err
+    assert str(locked) in err and ".tmp" not in err and "permission" in err
+
+
+def test_atomic_write_names_the_target_when_the_write_fails(tmp_path: Path) -> None:
+    import errno
+
+    from ltpa.checkpoint import atomic_write
+
+    def fail(tmp: str) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", tmp)
+
+    with pytest.raises(OSError) as info:
+        atomic_write(tmp_path / "weights.bin", fail)
+    assert info.value.filename == str(tmp_path / "weights.bin")
+    assert list(tmp_path.iterdir()) == []  # no temporary file left behind
+
+
+def test_ctrl_c_while_the_cli_starts_is_a_clean_exit(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import ltpa.cli
+
+    def interrupted() -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ltpa.cli, "build_parser", interrupted)
+    assert main(["models"]) == 130
+    assert capsys.readouterr().err.strip() == "ltpa command: interrupted"
+
+
+def test_importing_ltpa_does_not_load_pytorch_until_a_model_is_needed() -> None:
+    code = (
+        "import sys, ltpa, ltpa.cli; before = 'torch' in sys.modules; ltpa.create_model; "
+        "print(before, 'torch' in sys.modules, ltpa.LTPAError.__name__)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert out == ["False", "True", "LTPAError"]

@@ -50,7 +50,10 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], object]) -
     a broken ``path`` (the previous version stays)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:  # name the user's folder, not the temporary file
+        raise OSError(err.errno, err.strerror, str(path.parent)) from err
     os.close(fd)
     try:
         write(tmp)
@@ -60,9 +63,11 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], object]) -
         with open(tmp, "rb") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(err, OSError) and err.filename == tmp:
+            raise OSError(err.errno, err.strerror, str(path)) from err
         raise
 
 

@@ -7,6 +7,7 @@ Each subcommand lives in ``ltpa.commands.<name>`` as a pair ``add_<name>_parser(
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import os
 import sys
@@ -49,22 +50,50 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What to do about an operating-system error on a path the user gave, by errno.
+_OS_HINTS = {
+    errno.ENOTDIR: "a file stands where a folder is needed; choose another --out",
+    errno.EEXIST: "a file stands where a folder is needed; choose another --out",
+    errno.EISDIR: "a folder stands where a file is needed; choose another path",
+    errno.EACCES: "no permission; choose another --out or change the permissions",
+    errno.EPERM: "not permitted; choose another --out or change the permissions",
+    errno.EROFS: "the file system is read-only; choose another --out",
+    errno.ENOSPC: "the disk is full; free space or choose another --out",
+    errno.ENAMETOOLONG: "the name is too long; choose a shorter path",
+}
+
+
+def os_error_message(err: OSError) -> str:
+    """One line for an ``OSError``: what failed, on which path, and what to do."""
+    where = f" {err.filename}" if err.filename else ""
+    what = err.strerror or type(err).__name__
+    hint = _OS_HINTS.get(err.errno or 0)
+    return f"cannot use{where}: {what}" + (f" ({hint})" if hint else "")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Runs ``ltpa`` with ``argv`` (default: ``sys.argv[1:]``) and returns the exit status."""
-    parser = build_parser()
-    args = parser.parse_args(argv)
+    command = "command"
     try:
+        parser = build_parser()  # imports the subcommands (and so PyTorch): Ctrl-C may arrive here
+        args = parser.parse_args(argv)
+        command = args.command
         status = args.func(args)
-    except (LTPAError, FileNotFoundError, NotADirectoryError, PermissionError, ValueError) as err:
+    except (LTPAError, ValueError) as err:
         if os.environ.get("LTPA_DEBUG"):
             raise
         message = str(err).splitlines()[0] if str(err) else type(err).__name__
-        print(f"ltpa {args.command}: error: {message}", file=sys.stderr)
+        print(f"ltpa {command}: error: {message}", file=sys.stderr)
         return 2
     except BrokenPipeError:  # e.g. `ltpa models | head`
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except OSError as err:
+        if os.environ.get("LTPA_DEBUG"):
+            raise
+        print(f"ltpa {command}: error: {os_error_message(err)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        print(f"ltpa {args.command}: interrupted", file=sys.stderr)
+        print(f"ltpa {command}: interrupted", file=sys.stderr)
         return 130
     return int(status or 0)
