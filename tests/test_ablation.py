@@ -36,7 +36,10 @@ def test_ablation_arms_match_the_learned_model_in_parameters_flops_and_head(mode
     assert _count(ablated) == _count(learned)
     assert _flops(ablated, x) == _flops(learned, x)
     assert ablated.num_features == learned.num_features
-    assert ablated.forward_head(ablated.forward_features(x), pre_logits=True).shape == (2, learned.num_features)
+    assert ablated.forward_head(ablated.forward_features(x), pre_logits=True).shape == (
+        2,
+        learned.num_features,
+    )
 
 
 def test_uniform_attention_is_exactly_uniform_pooling_and_stays_so_after_training_steps() -> None:

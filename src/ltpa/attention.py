@@ -186,7 +186,12 @@ class LinearAttention(nn.Module):
                 p.requires_grad_(False)
 
     def compatibility_scores(self, local_feats: torch.Tensor, global_feat: torch.Tensor) -> torch.Tensor:
-        """Unnormalised scores ``c`` (B, H, W), and nothing else: for inspection and tests."""
+        """Unnormalised scores ``c`` (B, H, W), and nothing else: for inspection and tests.
+
+        Under ``pc`` with a softmax these are ``<u, l_i> + b``: the per-image constant ``<u, g>`` of the paper's
+        ``c_i = <u, l_i + g> + b`` is left out, since it cancels in the softmax (method §1.7), so the map is
+        exactly the paper's but ``c`` differs from it by one number per image. Under a sigmoid it is included.
+        """
         l, g = self._matched(local_feats, global_feat)
         return self._scores(l, g)
 

@@ -48,6 +48,9 @@ class TrainConfig:
     # choices made during training never see the test set
     eval_split: str = "test"
     init_from: str | None = None  # checkpoint whose weights (all but the classifier) start the run
+    # keep: copy every fitting tensor, head BatchNorms included; fresh: re-initialise the whole classifier
+    # block as the official CUB code does (docs/fidelity.md row 3)
+    init_from_head: str = "keep"
     preset: str | None = None
     # optimiser (method §3.1)
     optimizer: str = "sgd"  # sgd (the paper) | adamw (for short CPU runs such as the demo)
@@ -64,7 +67,10 @@ class TrainConfig:
     reset_momentum: bool = False  # re-create the optimiser state at every milestone (the ResNet code)
     lr_schedule: str = "step"  # step (milestones, the paper) | cosine (linear warm-up, then cosine to 0)
     warmup: float = 0.0  # cosine: share of all steps spent warming up
-    augment: str = "flip-half"  # none | flip | flip-half | crop-flip
+    augment: str = "flip-half"  # none | flip | flip-half | crop-flip | crop-flip-batch (official ResNet)
+    # pixels: augment the [0, 1] images, then the model normalises; normalized: normalise, then augment (the
+    # official order, whose data files held normalised images; differs for GCN+ZCA, docs/fidelity.md row 2)
+    augment_space: str = "pixels"
     drop_last: bool = True
     label_smoothing: float = 0.0
     # run
@@ -113,7 +119,15 @@ def _vgg_recipe(dataset: str) -> dict[str, Any]:
     if dataset == "cub200":
         ms = [30, 60, *range(90, 301, 30)]
         fs = [2.0, 2.0] + [0.5] * (len(ms) - 2)
-        return {**common, "lr": 0.1, "epochs": 320, "lr_milestones": ms, "lr_factors": fs, "img_size": 80}
+        return {
+            **common,
+            "lr": 0.1,
+            "epochs": 320,
+            "lr_milestones": ms,
+            "lr_factors": fs,
+            "img_size": 80,
+            "init_from_head": "fresh",
+        }
     raise KeyError(dataset)
 
 
@@ -130,7 +144,7 @@ def _resnet_recipe() -> dict[str, Any]:
         "lr_milestones": [60, 120, 160],
         "lr_factors": [0.2, 0.2, 0.2],
         "reset_momentum": True,
-        "augment": "crop-flip",
+        "augment": "crop-flip-batch",
         "drop_last": True,
         "preprocess": "gcn_zca",
     }
@@ -147,6 +161,13 @@ def _build_presets() -> dict[str, dict[str, Any]]:
                 if dataset == "cub200" and model == "vgg_pan":
                     cfg["batch_size"] = 32
                 presets[f"{model}-{dataset}"] = cfg
+                if model.startswith("vgg_att3") and dataset in ("cifar10", "cifar100"):
+                    # the official scripts' only att3 training block: variant C at batch 64 (fidelity row 4)
+                    presets[f"{model}-{dataset}-variant-c"] = {
+                        **cfg,
+                        "batch_size": 64,
+                        "model_kwargs": {"match": "local"},
+                    }
         elif model.startswith("resnet164"):
             for dataset in ("cifar10", "cifar100"):
                 presets[f"{model}-{dataset}"] = {"model": model, "data": dataset, **_resnet_recipe()}
@@ -309,8 +330,14 @@ def _validate(cfg: TrainConfig) -> None:
         raise LTPAError("lr_milestones and lr_factors must have the same length")
     if cfg.epochs < 1 or cfg.batch_size < 1:
         raise LTPAError(f"epochs and batch_size must be positive (got {cfg.epochs}, {cfg.batch_size})")
-    if cfg.augment not in ("none", "flip", "flip-half", "crop-flip"):
-        raise LTPAError(f"unknown augment {cfg.augment!r}; choose none, flip, flip-half or crop-flip")
+    if cfg.augment not in ("none", "flip", "flip-half", "crop-flip", "crop-flip-batch"):
+        raise LTPAError(
+            f"unknown augment {cfg.augment!r}; choose none, flip, flip-half, crop-flip or crop-flip-batch"
+        )
+    if cfg.init_from_head not in ("keep", "fresh"):
+        raise LTPAError(f"unknown init_from_head {cfg.init_from_head!r}; choose keep or fresh")
+    if cfg.augment_space not in ("pixels", "normalized"):
+        raise LTPAError(f"unknown augment_space {cfg.augment_space!r}; choose pixels or normalized")
     if cfg.optimizer not in ("sgd", "adamw"):
         raise LTPAError(f"unknown optimizer {cfg.optimizer!r}; choose sgd or adamw")
     if cfg.lr_schedule not in ("step", "cosine"):

@@ -50,6 +50,7 @@ from ltpa.checkpoint import atomic_write, save_checkpoint
 from ltpa.config import TrainConfig, _check_keys, _check_types, _validate
 from ltpa.errors import LTPAError
 from ltpa.models import LTPAModel, create_model
+from ltpa.models._base import normalized_input
 from ltpa.runtime import autocast, choose_channels_last, describe_runtime, resolve_precision
 from ltpa.system import configure_threads
 
@@ -206,6 +207,8 @@ def _augment(cfg: TrainConfig, x: torch.Tensor, gen: torch.Generator) -> torch.T
         x = random_flip(x, gen, mode="half")
     elif cfg.augment == "crop-flip":
         x = random_flip(random_crop(x, 4, gen), gen)
+    elif cfg.augment == "crop-flip-batch":  # the official ResNet code (docs/fidelity.md row 1)
+        x = random_flip(random_crop(x, 4, gen, per="batch"), gen, mode="half")
     return x
 
 
@@ -280,20 +283,26 @@ def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     )
 
 
-def _init_from(model: LTPAModel, path: str) -> int:
-    """Loads every weight of the checkpoint at ``path`` whose name and shape fit, except the classifier and
-    the input normalisation (the CUB recipe, method §2.3). Returns the number of tensors loaded."""
+def _init_from(model: LTPAModel, path: str, head: str = "keep") -> int:
+    """Loads every weight of the checkpoint at ``path`` whose name and shape fit, except the input
+    normalisation (the CUB recipe, method §2.3). ``head="keep"`` also copies the classifier's tensors that fit
+    (all but a final layer of another class count); ``"fresh"`` leaves the whole classifier block
+    (``model.head_modules()``: per-level BatchNorms included) at its initial values, as the official CUB code
+    does. Returns the number of tensors loaded."""
     from ltpa.checkpoint import checkpoint_paths, resolve_checkpoint
 
     weights, _ = checkpoint_paths(resolve_checkpoint(path))
     source = load_file(str(weights))
     own = model.state_dict()
+    skip = ["preprocess."]
+    if head == "fresh":
+        skip += [f"{name}." for name in model.head_modules()]
     loaded = {
         k: v
         for k, v in source.items()
-        if k in own and own[k].shape == v.shape and not k.startswith("preprocess.")
+        if k in own and own[k].shape == v.shape and not k.startswith(tuple(skip))
     }
-    trunk = [k for k in own if not k.startswith("preprocess.")]
+    trunk = [k for k in own if not k.startswith(tuple(skip))]
     missing = [k for k in trunk if k not in loaded]
     classifier = {f"{n}" for n, _ in _classifier_names(model)}
     if not loaded or any(k not in classifier for k in missing):
@@ -796,7 +805,7 @@ def _fit(
     if not model.preprocess.fitted:
         model.preprocess.fit(data.train_x)
     if cfg.init_from and resume is None:
-        count = _init_from(model, cfg.init_from)
+        count = _init_from(model, cfg.init_from, cfg.init_from_head)
         if log:
             print(f"initialised {count} tensors from {cfg.init_from}", file=sys.stderr)
     n_params = sum(p.numel() for p in model.parameters())
@@ -903,11 +912,20 @@ def _fit(
                     gen = torch.Generator().manual_seed(seed)
                     sel = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
                     sel = sel[dist_info.rank * per_rank : (dist_info.rank + 1) * per_rank].to(device)
-                    x = _to_float(_augment(cfg, train_x[sel], gen))
+                    if (
+                        cfg.augment_space == "normalized"
+                    ):  # augment normalised images (docs/fidelity.md row 2)
+                        with torch.no_grad():
+                            x = _augment(cfg, model.preprocess(_to_float(train_x[sel])), gen)
+                    else:
+                        x = _to_float(_augment(cfg, train_x[sel], gen))
                     y = train_y[sel]
                     if channels_last:
                         x = x.contiguous(memory_format=torch.channels_last)
-                    with autocast(device, amp_dtype):
+                    with (
+                        autocast(device, amp_dtype),
+                        normalized_input(model, cfg.augment_space == "normalized"),
+                    ):
                         logits = train_model(x)
                         loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
                     loss_value = float(loss.detach())

@@ -88,6 +88,12 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     what.add_argument("--preprocess", help="input normalisation preset (default: the dataset's)")
     what.add_argument("--init-from", help="checkpoint to initialise all but the classifier from (CUB recipe)")
     what.add_argument(
+        "--init-from-head",
+        choices=["keep", "fresh"],
+        help="with --init-from: keep copies the fitting classifier tensors (head BatchNorms too); fresh "
+        "re-initialises the whole classifier block, as the official CUB code (the cub200 presets' choice)",
+    )
+    what.add_argument(
         "--model-kwarg",
         action="append",
         type=_key_value,
@@ -102,7 +108,17 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     optim.add_argument(
         "--lr", type=float, help="initial learning rate (Torch-dampened momentum in VGG presets)"
     )
-    optim.add_argument("--augment", choices=["none", "flip", "flip-half", "crop-flip"])
+    optim.add_argument(
+        "--augment",
+        choices=["none", "flip", "flip-half", "crop-flip", "crop-flip-batch"],
+        help="flip-half: exactly half of each batch (VGG); crop-flip-batch: one crop offset per batch and "
+        "a half-batch flip (the official ResNet code); crop-flip: per-image crops and coin-flip flips",
+    )
+    optim.add_argument(
+        "--augment-space",
+        choices=["pixels", "normalized"],
+        help="augment the [0, 1] images (default) or the normalised ones, as the official code did",
+    )
     optim.add_argument("--seed", type=int)
     run = parser.add_argument_group("run")
     run.add_argument("--out", help="run folder (default runs/<model>-<data>-s<seed>-<time>)")
@@ -134,8 +150,8 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
 
 
 _FLAG_KEYS = (
-    "model", "data", "root", "subset", "test_subset", "eval_split", "width", "img_size", "preprocess", "init_from", "epochs",
-    "batch_size", "lr", "augment", "seed", "out", "device", "amp", "channels_last", "threads", "compile",
+    "model", "data", "root", "subset", "test_subset", "eval_split", "width", "img_size", "preprocess", "init_from", "init_from_head", "epochs",
+    "batch_size", "lr", "augment", "augment_space", "seed", "out", "device", "amp", "channels_last", "threads", "compile",
     "sync_bn", "checkpoint_every", "tensorboard", "quiet", "overwrite",
 )  # fmt: skip
 

@@ -3,7 +3,7 @@
 Paper: "Learn To Pay Attention", Jetley et al., ICLR 2018, https://arxiv.org/abs/1804.02391.
 
 The official VGG runs flip exactly half of every batch horizontally (cifar.torch's ``BatchFlip``); the ResNet
-runs add a random 32x32 crop of the 4-pixel reflection-padded image. Both work here on a whole (B, C, H, W)
+runs add a random 32x32 crop of the 4-pixel reflection-padded image, with one offset for the whole batch. Both work here on a whole (B, C, H, W)
 batch at once, uint8 or float, with an optional ``torch.Generator`` for reproducibility; nothing goes through
 PIL. :func:`resize` brings CUB and image-folder pictures to the network's input side.
 """
@@ -76,8 +76,9 @@ def random_crop(
     generator: torch.Generator | None = None,
     *,
     size: int | Sequence[int] | None = None,
+    per: Literal["image", "batch"] = "image",
 ) -> torch.Tensor:
-    """Random crops of the reflection-padded images, one offset per image (the ResNet recipe).
+    """Random crops of the reflection-padded images, one offset per image or one for the whole batch.
 
     Equivalent to ``F.pad(images, [padding] * 4, mode="reflect")`` followed by a crop at a uniform random
     offset, but done with one gather, for any dtype and device.
@@ -87,6 +88,8 @@ def random_crop(
         padding: pixels of reflection padding on each side; must be smaller than H and W.
         generator: source of randomness; None uses the global one.
         size: crop side (or (H, W)); default the input size.
+        per: ``"image"`` draws an offset per image; ``"batch"`` draws one offset for the whole batch, as the
+            official ResNet code's crop module does (docs/fidelity.md row 1).
 
     Returns:
         The cropped batch.
@@ -106,9 +109,13 @@ def random_crop(
     )
     if not (0 < out_h <= h + 2 * padding and 0 < out_w <= w + 2 * padding):
         raise ValueError(f"random_crop: crop {out_h}x{out_w} does not fit in the padded {h}x{w} images")
+    if per not in ("image", "batch"):
+        raise ValueError(f"random_crop: per must be 'image' or 'batch', got {per!r}")
     device = _generator_device(generator, images.device)
-    top = torch.randint(0, h + 2 * padding - out_h + 1, (b,), generator=generator, device=device)
-    left = torch.randint(0, w + 2 * padding - out_w + 1, (b,), generator=generator, device=device)
+    draws = b if per == "image" else 1
+    top = torch.randint(0, h + 2 * padding - out_h + 1, (draws,), generator=generator, device=device)
+    left = torch.randint(0, w + 2 * padding - out_w + 1, (draws,), generator=generator, device=device)
+    top, left = top.expand(b), left.expand(b)
     top, left = top.to(images.device), left.to(images.device)
     rows = _reflect(top[:, None] - padding + torch.arange(out_h, device=images.device), h)  # (B, H')
     cols = _reflect(left[:, None] - padding + torch.arange(out_w, device=images.device), w)  # (B, W')

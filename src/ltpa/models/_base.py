@@ -8,6 +8,8 @@ from __future__ import annotations
 import hashlib
 import math
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple, cast
 
@@ -26,6 +28,7 @@ __all__ = [
     "canonical_names",
     "conv_bn_relu",
     "init_official",
+    "normalized_input",
     "scaled",
 ]
 
@@ -131,6 +134,23 @@ def init_official(module: nn.Module, *, zero_linear_bias: bool = False, seed: in
             apply_mode()
 
 
+@contextmanager
+def normalized_input(model: nn.Module, enabled: bool = True) -> Iterator[None]:
+    """Inside this block ``model(x)`` takes images already passed through ``model.preprocess``.
+
+    Training with ``augment_space="normalized"`` augments the normalised images, as the official code (whose data
+    files held whitened images) did; the model must then skip its own normalisation (docs/fidelity.md row 2).
+    """
+    if not enabled or not isinstance(model, LTPAModel):
+        yield
+        return
+    model._input_normalized = True
+    try:
+        yield
+    finally:
+        model._input_normalized = False
+
+
 class TrunkFeatures(torch.Tensor):
     """What ``forward_features`` returns when the head attends more than the deepest map.
 
@@ -194,6 +214,7 @@ class LTPAModel(nn.Module):
         self.preprocess_name = preprocess
         self.attn_info = []
         self.grad_averaging = False
+        self._input_normalized = False
 
     def _branch(self, x: torch.Tensor, consumers: int) -> torch.Tensor:
         """Marks one of ``consumers`` uses of ``x``: with code-faithful gradient averaging on, the gradient
@@ -268,6 +289,8 @@ class LTPAModel(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
+        if self._input_normalized:  # inside normalized_input(): x went through self.preprocess already
+            return self._forward(x)[0].logits
         return self._forward(self.preprocess(x))[0].logits
 
     @property
@@ -330,6 +353,13 @@ class LTPAModel(nn.Module):
     def get_classifier(self) -> nn.Module:
         """The final linear layer(s), which ``reset_classifier`` replaces."""
         raise NotImplementedError
+
+    def head_modules(self) -> list[str]:
+        """Names of the modules that make up the whole classifier after the pooled features (the official
+        code's "match" block): what ``--init-from`` with ``init_from_head="fresh"`` leaves at its initial
+        values. Default: the final linear layer(s)."""
+        clf = self.get_classifier()
+        return [name for name, m in self.named_modules() if m is clf]
 
     def reset_classifier(self, num_classes: int) -> None:
         """Replaces the final linear layer(s) by fresh ones for ``num_classes`` classes (the CUB recipe

@@ -154,7 +154,16 @@ class PreActResNet(LTPAModel):
                 {"name": f"stage{lv}", "channels": channels[lv], "stride": strides[lv], "descriptor": d}
                 for lv, d in zip(levels, desc)
             ]
-        init_official(self, zero_linear_bias=True)
+        # The WRN code zeroes the biases of the backbone's linear layer (utils.FCinit): the baseline's
+        # classifier. The attention blocks, the global path's FC and the attention head keep Torch's default
+        # uniform biases (docs/fidelity.md row 5).
+        init_official(self)
+        if self.final is not None:
+            with torch.no_grad():
+                self.fc.bias.zero_()
+
+    def head_modules(self) -> list[str]:
+        return ["fc"] if self.final is not None else ["head"]
 
     def _features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         x = self.stem(x)  # (B, 16, S, S)

@@ -271,6 +271,9 @@ class AttnVGG(LTPAModel):
     def get_classifier(self) -> nn.Module:
         return self.head.fc
 
+    def head_modules(self) -> list[str]:
+        return ["head"]  # the per-level BN1d-ReLU-Dropout blocks and the linear layer
+
     def reset_classifier(self, num_classes: int) -> None:
         self.head.reset(num_classes)
         self.num_classes = num_classes
@@ -343,6 +346,9 @@ class VGG(LTPAModel):
 
     def get_classifier(self) -> nn.Module:
         return self.fc
+
+    def head_modules(self) -> list[str]:
+        return ["pre_logits", "fc"]  # cifar.torch's classifier: Dropout, FC-512, BN, ReLU, Dropout, FC
 
     def reset_classifier(self, num_classes: int) -> None:
         self.fc = nn.Linear(self.fc.in_features, num_classes)
@@ -480,6 +486,9 @@ class VGGPAN(LTPAModel):
 
     def get_classifier(self) -> nn.Module:
         return self.head.fc
+
+    def head_modules(self) -> list[str]:
+        return ["head"]  # the per-level BN1d-ReLU-Dropout blocks and the linear layer
 
     def reset_classifier(self, num_classes: int) -> None:
         self.head.reset(num_classes)
