@@ -205,7 +205,7 @@ def test_paper_recipes_and_schedules():
     assert [lr_at(cub, e, 0) for e in (1, 30, 60, 90, 120)] == pytest.approx([0.1, 0.2, 0.4, 0.2, 0.1])
     assert cub.img_size == 80
     rn = resolve_config(preset="resnet164_att2_concat_pc-cifar10")
-    assert rn.nesterov and rn.dampening == 0 and rn.reset_momentum and rn.augment == "crop-flip"
+    assert rn.nesterov and rn.dampening == 0 and rn.reset_momentum and rn.augment == "crop-flip-batch"
     assert [lr_at(rn, e, 0) for e in (1, 60, 120, 160)] == pytest.approx([0.1, 0.02, 0.004, 0.0008])
     assert resolve_config(preset="vgg-svhn").lr == 0.1
 

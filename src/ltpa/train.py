@@ -98,6 +98,15 @@ class FitResult:
 # ----------------------------------------------------------------------------------------------- schedule
 
 
+# The cosine schedule's linear warm-up starts at this share of the peak rate (not at 0, which would waste the
+# first step) and reaches the peak after ``warmup`` of all steps.
+WARMUP_START = 0.04
+# Free space checked before training: room for this many copies of the weights (last, best, resume state with
+# its optimiser momentum, and a temporary file while one of them is replaced) plus slack for metrics and logs.
+CHECKPOINT_COPIES = 5
+CHECKPOINT_SLACK_BYTES = 64 << 20
+
+
 def lr_at(cfg: TrainConfig, epoch: int, step: int, total_steps: int | None = None) -> float:
     """The learning rate of optimiser step ``step`` (counted over the whole run) in 1-based ``epoch``.
 
@@ -110,7 +119,7 @@ def lr_at(cfg: TrainConfig, epoch: int, step: int, total_steps: int | None = Non
             raise ValueError("the cosine schedule needs total_steps")
         warm = int(cfg.warmup * total_steps)
         if step < warm:
-            return cfg.lr * (0.04 + 0.96 * step / warm)
+            return cfg.lr * (WARMUP_START + (1.0 - WARMUP_START) * step / warm)
         progress = (step - warm) / max(1, total_steps - warm)
         return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
     lr = cfg.lr
@@ -120,8 +129,14 @@ def lr_at(cfg: TrainConfig, epoch: int, step: int, total_steps: int | None = Non
     return lr / (1.0 + cfg.lr_decay * step)
 
 
+# Seeds of the per-step random streams (batch order, augmentation, dropout) combine (seed, epoch, step) with
+# three primes far apart, so that no two (epoch, step) pairs of realistic runs share a stream; the modulus keeps
+# the result a valid non-negative int64 seed. Changing them changes every run: resume depends on them.
+_SEED_PRIME, _EPOCH_PRIME, _STEP_PRIME = 1_000_003, 100_003, 7_919
+
+
 def _step_seed(seed: int, epoch: int, step: int) -> int:
-    return (seed * 1_000_003 + epoch * 100_003 + step * 7_919) % (2**63 - 1)
+    return (seed * _SEED_PRIME + epoch * _EPOCH_PRIME + step * _STEP_PRIME) % (2**63 - 1)
 
 
 # ----------------------------------------------------------------------------------------------- devices
@@ -770,6 +785,77 @@ def fit(
             lock.release()
 
 
+@dataclass
+class TrainState:
+    """Where the loop stands, all that resume state saves: the epoch and step to run next, the optimiser step
+    count, the finished epochs' rows, the running sums of the epoch in progress, and the best test accuracy."""
+
+    epoch: int = 1
+    step: int = 0
+    global_step: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+    acc: dict[str, Any] = field(default_factory=lambda: _fresh_accumulators())
+    best: float = -1.0
+
+    def meta(self, epoch: int | None = None, step: int | None = None) -> dict[str, Any]:
+        """What the resume file records (by default at the current epoch and step)."""
+        return _loop_meta(
+            self.epoch if epoch is None else epoch,
+            self.step if step is None else step,
+            self.global_step,
+            self.history,
+            self.acc,
+        )
+
+
+def _fresh_accumulators() -> dict[str, Any]:
+    return {"loss_sum": 0.0, "correct": 0.0, "seen": 0, "seconds": 0.0}
+
+
+@dataclass
+class _Session:
+    """Everything set up once per run: config, folder, devices, data, the model and its wrappers."""
+
+    cfg: TrainConfig
+    run_dir: Path
+    dist_info: _Dist
+    device: torch.device
+    amp_dtype: torch.dtype | None
+    channels_last: bool
+    data: _Tensors
+    model: LTPAModel
+    train_model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scaler: Any
+    metrics_log: _MetricsLog
+    writer: Any
+    log: bool
+    bar: bool
+    steps: int
+    total_steps: int
+    train_x: torch.Tensor
+    train_y: torch.Tensor
+
+    @property
+    def per_rank(self) -> int:
+        return self.cfg.batch_size // self.dist_info.world
+
+    def save_resume(self, state: TrainState, epoch: int, step: int) -> None:
+        _check_finite(self.model, epoch, self.run_dir)
+        _save_resume(self.run_dir / RESUME_FILE, self.model, self.optimizer, state.meta(epoch, step))
+
+    def checkpoint(self, stem: str, epoch: int, row: dict[str, Any]) -> None:
+        metrics = {k: row[k] for k in ("train_loss", "train_accuracy", "test_loss", "test_accuracy")}
+        save_checkpoint(
+            self.run_dir / stem,
+            self.model,
+            epoch=epoch,
+            metrics=metrics,
+            config=self.cfg.to_dict(),
+            extra={"classes": self.data.classes},
+        )
+
+
 def _fit(
     cfg: TrainConfig,
     run_dir: Path,
@@ -778,7 +864,30 @@ def _fit(
     notes: list[str],
     callbacks: Sequence[Callable[[dict[str, Any]], None]],
 ) -> FitResult:
-    resume = run_dir if resume_meta is not None else None
+    session, state = _setup(cfg, run_dir, dist_info, resume_meta, notes)
+    with _StopFlag() as stop:
+        try:
+            for epoch in range(state.epoch, cfg.epochs + 1):
+                state.epoch = epoch
+                train_one_epoch(session, state, stop, callbacks)
+                row = _evaluate_epoch(session, state)
+                _end_epoch(session, state, row)
+                if stop.requested:  # arrived during evaluation or saving: the epoch's state is already saved
+                    print(f"interrupted; resume with: ltpa train --resume {run_dir}", file=sys.stderr)
+                    raise KeyboardInterrupt
+        finally:
+            if session.writer is not None:
+                session.writer.close()
+    session.model.eval()
+    return FitResult(run_dir=run_dir, model=session.model, history=state.history)
+
+
+def _setup(
+    cfg: TrainConfig, run_dir: Path, dist_info: _Dist, resume_meta: dict[str, Any] | None, notes: list[str]
+) -> tuple[_Session, TrainState]:
+    """Resolves the runtime (threads, precision, memory format), loads data, builds model and optimiser,
+    restores resume state, wraps the model (SyncBN, DDP, compile) and writes config.yaml and run.json."""
+    resume = resume_meta is not None
     device = _resolve_device(cfg, dist_info)
     runtime: dict[str, Any] = {}
     if device.type == "cpu":
@@ -797,20 +906,12 @@ def _fit(
 
     from ltpa.data import dataset_info
 
-    info = dataset_info(cfg.data)
-    img_size = cfg.img_size or info.img_size
+    img_size = cfg.img_size or dataset_info(cfg.data).img_size
     data = _load_data(cfg, img_size, progress=bar)
-    torch.manual_seed(cfg.seed)
-    model = build_model(cfg, data.num_classes, img_size)
-    if not model.preprocess.fitted:
-        model.preprocess.fit(data.train_x)
-    if cfg.init_from and resume is None:
-        count = _init_from(model, cfg.init_from, cfg.init_from_head)
-        if log:
-            print(f"initialised {count} tensors from {cfg.init_from}", file=sys.stderr)
+    model = _build_initial_model(cfg, data, img_size, resume, log)
     n_params = sum(p.numel() for p in model.parameters())
     if dist_info.main:
-        _preflight(run_dir, need_bytes=n_params * 4 * 5 + (64 << 20))
+        _preflight(run_dir, need_bytes=n_params * 4 * CHECKPOINT_COPIES + CHECKPOINT_SLACK_BYTES)
 
     model.to(device)
     channels_last, runtime["channels_last"] = choose_channels_last(
@@ -826,16 +927,73 @@ def _fit(
     if channels_last:
         model.to(memory_format=torch.channels_last)
     optimizer = make_optimizer(cfg, model)
-    history: list[dict[str, Any]] = []
-    start_epoch, start_step, global_step = 1, 0, 0
-    acc_state = {"loss_sum": 0.0, "correct": 0.0, "seen": 0, "seconds": 0.0}
-    if resume is not None:
-        resume_meta = _load_resume(run_dir / RESUME_FILE, model, optimizer)
-        start_epoch, start_step = resume_meta["epoch"], resume_meta["step"]
-        global_step = resume_meta["global_step"]
-        history = resume_meta["history"]
-        acc_state = resume_meta["accumulators"]
+    state = TrainState()
+    if resume:
+        meta = _load_resume(run_dir / RESUME_FILE, model, optimizer)
+        state = TrainState(
+            epoch=meta["epoch"],
+            step=meta["step"],
+            global_step=meta["global_step"],
+            history=meta["history"],
+            acc=meta["accumulators"],
+        )
+    state.best = max((r["test_accuracy"] for r in state.history), default=-1.0)
 
+    n = len(data.train_x)
+    steps = n // cfg.batch_size if cfg.drop_last else math.ceil(n / cfg.batch_size)
+    session = _Session(
+        cfg=cfg,
+        run_dir=run_dir,
+        dist_info=dist_info,
+        device=device,
+        amp_dtype=amp_dtype,
+        channels_last=channels_last,
+        data=data,
+        model=model,
+        train_model=_wrap_model(cfg, model, dist_info, device),
+        optimizer=optimizer,
+        scaler=torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None,
+        metrics_log=_MetricsLog(run_dir),
+        writer=None,
+        log=log,
+        bar=bar,
+        steps=steps,
+        total_steps=steps * cfg.epochs,
+        train_x=data.train_x.to(device),
+        train_y=data.train_y.to(device),
+    )
+    if dist_info.main:
+        _write_run_files(session, state, n_params, runtime, notes, resume)
+        session.writer = _tensorboard(cfg, run_dir)
+    if log:
+        print(
+            f"training {cfg.model} ({n_params:,} parameters) on {cfg.data}: {n} images, {steps} steps/epoch, "
+            f"{cfg.epochs} epochs, device {device}"
+            + (f" x{dist_info.world}" if dist_info.enabled else "")
+            + f" ({describe_runtime(cfg.threads if device.type == 'cpu' else None, cfg.amp, cfg.channels_last)})"
+            + f" -> {run_dir}",
+            file=sys.stderr,
+        )
+    return session, state
+
+
+def _build_initial_model(
+    cfg: TrainConfig, data: _Tensors, img_size: int, resume: bool, log: bool
+) -> LTPAModel:
+    """The model with its fitted input normalisation and, for a new run, the ``--init-from`` weights."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(cfg, data.num_classes, img_size)
+    if not model.preprocess.fitted:
+        model.preprocess.fit(data.train_x)
+    if cfg.init_from and not resume:
+        count = _init_from(model, cfg.init_from, cfg.init_from_head)
+        if log:
+            print(f"initialised {count} tensors from {cfg.init_from}", file=sys.stderr)
+    return model
+
+
+def _wrap_model(cfg: TrainConfig, model: nn.Module, dist_info: _Dist, device: torch.device) -> nn.Module:
+    """What the training steps call: the model, under SyncBatchNorm, DDP and ``torch.compile`` as configured."""
     train_model: nn.Module = model
     if cfg.sync_bn and dist_info.enabled:
         if device.type != "cuda":
@@ -847,241 +1005,216 @@ def _fit(
         train_model = DDP(train_model, device_ids=[device.index] if device.type == "cuda" else None)
     if cfg.compile:
         train_model = torch.compile(train_model)  # type: ignore[assignment]
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    return train_model
 
-    metrics_log = _MetricsLog(run_dir)
-    if dist_info.main:
-        atomic_write(
-            run_dir / "config.yaml",
-            lambda tmp: Path(tmp).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False)),
-        )
-        run_info = {
-            "git_commit": _git_commit(),
-            "argv": sys.argv,
-            "torch": torch.__version__,
-            "device": str(device),
-            "world_size": dist_info.world,
-            "params": n_params,
-            "train_images": len(data.train_x),
-            "test_images": len(data.test_x),
-            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "resumed_from_epoch": start_epoch if resume is not None else None,
-            "resume_notes": notes,
-            "runtime": {"threads": cfg.threads, "amp": cfg.amp, "channels_last": cfg.channels_last},
-            "runtime_reasons": runtime,
-        }
-        atomic_write(
-            run_dir / "run.json", lambda tmp: Path(tmp).write_text(json.dumps(run_info, indent=2) + "\n")
-        )
-        metrics_log.rewrite(history)
-        if resume is not None and start_step == 0 and history:
-            _catch_up_checkpoints(run_dir, model, cfg, history, data.classes)
-    writer = _tensorboard(cfg, run_dir) if dist_info.main else None
 
-    train_x = data.train_x.to(device)
-    train_y = data.train_y.to(device)
-    n = len(train_x)
-    per_rank = cfg.batch_size // dist_info.world
-    steps = n // cfg.batch_size if cfg.drop_last else math.ceil(n / cfg.batch_size)
-    total_steps = steps * cfg.epochs
-    best = max((r["test_accuracy"] for r in history), default=-1.0)
-    if log:
+def _write_run_files(
+    session: _Session,
+    state: TrainState,
+    n_params: int,
+    runtime: dict[str, Any],
+    notes: list[str],
+    resume: bool,
+) -> None:
+    """config.yaml (the resolved config), run.json (provenance), the metrics so far, and after a kill between
+    an epoch's resume state and its checkpoints, those checkpoints."""
+    cfg, run_dir = session.cfg, session.run_dir
+    atomic_write(
+        run_dir / "config.yaml",
+        lambda tmp: Path(tmp).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False)),
+    )
+    run_info = {
+        "git_commit": _git_commit(),
+        "argv": sys.argv,
+        "torch": torch.__version__,
+        "device": str(session.device),
+        "world_size": session.dist_info.world,
+        "params": n_params,
+        "train_images": len(session.data.train_x),
+        "test_images": len(session.data.test_x),
+        "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "resumed_from_epoch": state.epoch if resume else None,
+        "resume_notes": notes,
+        "runtime": {"threads": cfg.threads, "amp": cfg.amp, "channels_last": cfg.channels_last},
+        "runtime_reasons": runtime,
+    }
+    atomic_write(
+        run_dir / "run.json", lambda tmp: Path(tmp).write_text(json.dumps(run_info, indent=2) + "\n")
+    )
+    session.metrics_log.rewrite(state.history)
+    if resume and state.step == 0 and state.history:
+        _catch_up_checkpoints(run_dir, session.model, cfg, state.history, session.data.classes)
+
+
+def _batch(
+    session: _Session, perm: torch.Tensor, step: int, gen: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """This process's share of batch ``step``, augmented, as float input for the training step."""
+    cfg, rank = session.cfg, session.dist_info.rank
+    sel = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
+    sel = sel[rank * session.per_rank : (rank + 1) * session.per_rank].to(session.device)
+    if cfg.augment_space == "normalized":  # augment normalised images (docs/fidelity.md row 2)
+        with torch.no_grad():
+            x = _augment(cfg, session.model.preprocess(_to_float(session.train_x[sel])), gen)
+    else:
+        x = _to_float(_augment(cfg, session.train_x[sel], gen))
+    if session.channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    return x, session.train_y[sel]
+
+
+def _train_step(session: _Session, state: TrainState, x: torch.Tensor, y: torch.Tensor, step: int) -> float:
+    """One optimiser step on ``(x, y)``; returns the batch loss (refusing a non-finite one)."""
+    cfg, optimizer = session.cfg, session.optimizer
+    with (
+        autocast(session.device, session.amp_dtype),
+        normalized_input(session.model, cfg.augment_space == "normalized"),
+    ):
+        logits = session.train_model(x)
+        loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
+    loss_value = float(loss.detach())
+    if not math.isfinite(loss_value):
+        raise LTPAError(
+            f"loss became {loss_value} at epoch {state.epoch} step {step + 1}; training stopped, "
+            f"{_kept_note(session.run_dir)}; lower --lr or check the data"
+        )
+    for group in optimizer.param_groups:
+        group["lr"] = lr_at(cfg, state.epoch, state.global_step, session.total_steps)
+    optimizer.zero_grad(set_to_none=True)
+    if session.scaler is not None:
+        session.scaler.scale(loss).backward()
+        session.scaler.step(optimizer)
+        session.scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+    state.global_step += 1
+    state.acc["loss_sum"] += loss_value * len(y)
+    state.acc["correct"] += float((logits.argmax(1) == y).sum())
+    state.acc["seen"] += len(y)
+    return loss_value
+
+
+def train_one_epoch(
+    session: _Session,
+    state: TrainState,
+    stop: _StopFlag,
+    callbacks: Sequence[Callable[[dict[str, Any]], None]] = (),
+) -> None:
+    """Runs the steps of ``state.epoch`` from ``state.step``; saves resume state every ``checkpoint_every``
+    steps and on Ctrl-C/SIGTERM (then raises ``KeyboardInterrupt``). Batch order, augmentation and dropout
+    are functions of (seed, epoch, step), so a resumed epoch continues exactly."""
+    cfg, epoch, dist_info = session.cfg, state.epoch, session.dist_info
+    if cfg.reset_momentum and epoch in cfg.lr_milestones and state.step == 0:
+        session.optimizer.state.clear()
+    n = len(session.train_x)
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(_step_seed(cfg.seed, epoch, -1)))
+    session.train_model.train()
+    progress = _progress(session.steps, state.step, f"epoch {epoch}/{cfg.epochs}", session.bar)
+    tick = time.perf_counter()
+    for step in range(state.step, session.steps):
+        seed = _step_seed(cfg.seed, epoch, step)
+        torch.manual_seed(seed)
+        x, y = _batch(session, perm, step, torch.Generator().manual_seed(seed))
+        loss_value = _train_step(session, state, x, y, step)
+        progress.update(1)
+        if session.bar:
+            elapsed = state.acc["seconds"] + time.perf_counter() - tick
+            seen = state.acc["seen"]
+            progress.set_postfix(
+                loss=f"{state.acc['loss_sum'] / seen:.3f}",
+                acc=f"{state.acc['correct'] / seen:.3f}",
+                img_s=f"{seen * dist_info.world / max(elapsed, 1e-9):.0f}",
+            )
+        try:
+            for callback in callbacks:
+                callback(
+                    {"epoch": epoch, "step": step + 1, "loss": loss_value, "global_step": state.global_step}
+                )
+        except KeyboardInterrupt:
+            stop.requested = True
+        if dist_info.enabled:  # every process stops at the same step
+            stop.requested = _any_rank(stop.requested, session.device)
+        if stop.requested:
+            state.acc["seconds"] += time.perf_counter() - tick
+            progress.close()
+            if dist_info.main:
+                session.save_resume(state, epoch, step + 1)
+                print(f"\ninterrupted; resume with: ltpa train --resume {session.run_dir}", file=sys.stderr)
+            raise KeyboardInterrupt
+        if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < session.steps:
+            state.acc["seconds"] += time.perf_counter() - tick
+            tick = time.perf_counter()
+            if dist_info.main:
+                session.save_resume(state, epoch, step + 1)
+    progress.close()
+    state.acc["seconds"] += time.perf_counter() - tick
+    state.step = 0
+
+
+def _evaluate_epoch(session: _Session, state: TrainState) -> dict[str, Any]:
+    """The epoch's metrics row: training loss and accuracy, held-out loss and accuracy, and the eval-mode
+    accuracy on training images that detects a train/eval collapse."""
+    cfg, data = session.cfg, session.data
+    row = _epoch_row(
+        cfg, state.epoch, state.global_step, session.total_steps, state.acc, session.dist_info, session.device
+    )
+
+    def metrics(images: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+        return _test_metrics(
+            session.train_model,
+            images,
+            labels,
+            batch_size=cfg.eval_batch_size,
+            device=session.device,
+            amp_dtype=session.amp_dtype,
+            dist_info=session.dist_info,
+        )
+
+    test_acc, test_loss = metrics(data.test_x, data.test_y)
+    row.update(test_loss=round(test_loss, 6), test_accuracy=round(test_acc, 6))
+    probe = min(len(data.train_x), COLLAPSE_PROBE)
+    eval_acc, _ = metrics(data.train_x[:probe], data.train_y[:probe])
+    collapse = eval_collapse(row["train_accuracy"], eval_acc, data.num_classes)
+    row.update(train_eval_accuracy=round(eval_acc, 6), eval_collapse=collapse)
+    return row
+
+
+def _end_epoch(session: _Session, state: TrainState, row: dict[str, Any]) -> None:
+    """Records the epoch: resume state first (a kill after it leaves a run that --resume completes), then
+    ``last``, ``best`` and the metrics files; then the epoch line."""
+    cfg, epoch = session.cfg, state.epoch
+    state.history.append(row)
+    state.acc = _fresh_accumulators()
+    if session.dist_info.main:
+        _check_finite(session.model, epoch, session.run_dir)
+        _save_resume(
+            session.run_dir / RESUME_FILE, session.model, session.optimizer, state.meta(epoch + 1, 0)
+        )
+        session.checkpoint("last", epoch, row)
+        if row["test_accuracy"] > state.best:
+            state.best = row["test_accuracy"]
+            session.checkpoint("best", epoch, row)
+        session.metrics_log.rewrite(state.history)
+        if session.writer is not None:
+            _log_tensorboard(session.writer, row, session.model, session.data, session.device)
+    probe = min(len(session.data.train_x), COLLAPSE_PROBE)
+    warning = (
+        f"  WARNING: eval-mode accuracy on {probe} training images is {row['train_eval_accuracy']:.4f}, near "
+        f"chance, against {row['train_accuracy']:.4f} in train mode: BatchNorm statistics and dropout "
+        "disagree (too narrow for its dropout?); try --model-kwarg drop_scale=0 or a larger --width"
+        if row["eval_collapse"]
+        else ""
+    )
+    if session.log:
         print(
-            f"training {cfg.model} ({n_params:,} parameters) on {cfg.data}: {n} images, {steps} steps/epoch, "
-            f"{cfg.epochs} epochs, device {device}"
-            + (f" x{dist_info.world}" if dist_info.enabled else "")
-            + f" ({describe_runtime(cfg.threads if device.type == 'cpu' else None, cfg.amp, cfg.channels_last)})"
-            + f" -> {run_dir}",
+            f"epoch {epoch}/{cfg.epochs}  loss {row['train_loss']:.4f}  train acc {row['train_accuracy']:.4f}  "
+            f"test acc {row['test_accuracy']:.4f}  lr {row['lr']:.4g}  {row['images_per_s']:.0f} img/s  "
+            f"{row['seconds']:.1f}s" + warning,
             file=sys.stderr,
         )
-
-    with _StopFlag() as stop:
-        try:
-            for epoch in range(start_epoch, cfg.epochs + 1):
-                if cfg.reset_momentum and epoch in cfg.lr_milestones and start_step == 0:
-                    optimizer.state.clear()
-                perm = torch.randperm(
-                    n, generator=torch.Generator().manual_seed(_step_seed(cfg.seed, epoch, -1))
-                )
-                train_model.train()
-                progress = _progress(steps, start_step, f"epoch {epoch}/{cfg.epochs}", bar)
-                tick = time.perf_counter()
-                for step in range(start_step, steps):
-                    seed = _step_seed(cfg.seed, epoch, step)
-                    torch.manual_seed(seed)
-                    gen = torch.Generator().manual_seed(seed)
-                    sel = perm[step * cfg.batch_size : (step + 1) * cfg.batch_size]
-                    sel = sel[dist_info.rank * per_rank : (dist_info.rank + 1) * per_rank].to(device)
-                    if (
-                        cfg.augment_space == "normalized"
-                    ):  # augment normalised images (docs/fidelity.md row 2)
-                        with torch.no_grad():
-                            x = _augment(cfg, model.preprocess(_to_float(train_x[sel])), gen)
-                    else:
-                        x = _to_float(_augment(cfg, train_x[sel], gen))
-                    y = train_y[sel]
-                    if channels_last:
-                        x = x.contiguous(memory_format=torch.channels_last)
-                    with (
-                        autocast(device, amp_dtype),
-                        normalized_input(model, cfg.augment_space == "normalized"),
-                    ):
-                        logits = train_model(x)
-                        loss = F.cross_entropy(logits.float(), y, label_smoothing=cfg.label_smoothing)
-                    loss_value = float(loss.detach())
-                    if not math.isfinite(loss_value):
-                        raise LTPAError(
-                            f"loss became {loss_value} at epoch {epoch} step {step + 1}; training stopped, "
-                            f"{_kept_note(run_dir)}; lower --lr or check the data"
-                        )
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr_at(cfg, epoch, global_step, total_steps)
-                    optimizer.zero_grad(set_to_none=True)
-                    if scaler is not None:
-                        scaler.scale(loss).backward()
-                        scaler.step(optimizer)
-                        scaler.update()
-                    else:
-                        loss.backward()
-                        optimizer.step()
-                    global_step += 1
-                    acc_state["loss_sum"] += loss_value * len(y)
-                    acc_state["correct"] += float((logits.argmax(1) == y).sum())
-                    acc_state["seen"] += len(y)
-                    progress.update(1)
-                    if bar:
-                        elapsed = acc_state["seconds"] + time.perf_counter() - tick
-                        progress.set_postfix(
-                            loss=f"{acc_state['loss_sum'] / acc_state['seen']:.3f}",
-                            acc=f"{acc_state['correct'] / acc_state['seen']:.3f}",
-                            img_s=f"{acc_state['seen'] * dist_info.world / max(elapsed, 1e-9):.0f}",
-                        )
-                    try:
-                        for callback in callbacks:
-                            callback(
-                                {
-                                    "epoch": epoch,
-                                    "step": step + 1,
-                                    "loss": loss_value,
-                                    "global_step": global_step,
-                                }
-                            )
-                    except KeyboardInterrupt:
-                        stop.requested = True
-                    if dist_info.enabled:  # every process stops at the same step
-                        stop.requested = _any_rank(stop.requested, device)
-                    if stop.requested:
-                        acc_state["seconds"] += time.perf_counter() - tick
-                        progress.close()
-                        if dist_info.main:
-                            _check_finite(model, epoch, run_dir)
-                            _save_resume(
-                                run_dir / RESUME_FILE,
-                                model,
-                                optimizer,
-                                _loop_meta(epoch, step + 1, global_step, history, acc_state),
-                            )
-                            print(
-                                f"\ninterrupted; resume with: ltpa train --resume {run_dir}", file=sys.stderr
-                            )
-                        raise KeyboardInterrupt
-                    if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < steps:
-                        acc_state["seconds"] += time.perf_counter() - tick
-                        tick = time.perf_counter()
-                        if dist_info.main:
-                            _check_finite(model, epoch, run_dir)
-                            _save_resume(
-                                run_dir / RESUME_FILE,
-                                model,
-                                optimizer,
-                                _loop_meta(epoch, step + 1, global_step, history, acc_state),
-                            )
-                progress.close()
-                acc_state["seconds"] += time.perf_counter() - tick
-                start_step = 0
-                row = _epoch_row(cfg, epoch, global_step, total_steps, acc_state, dist_info, device)
-                test_acc, test_loss = _test_metrics(
-                    train_model,
-                    data.test_x,
-                    data.test_y,
-                    batch_size=cfg.eval_batch_size,
-                    device=device,
-                    amp_dtype=amp_dtype,
-                    dist_info=dist_info,
-                )
-                row.update(test_loss=round(test_loss, 6), test_accuracy=round(test_acc, 6))
-                probe = min(n, COLLAPSE_PROBE)
-                eval_acc, _ = _test_metrics(
-                    train_model,
-                    data.train_x[:probe],
-                    data.train_y[:probe],
-                    batch_size=cfg.eval_batch_size,
-                    device=device,
-                    amp_dtype=amp_dtype,
-                    dist_info=dist_info,
-                )
-                collapse = eval_collapse(row["train_accuracy"], eval_acc, data.num_classes)
-                row.update(train_eval_accuracy=round(eval_acc, 6), eval_collapse=collapse)
-                history.append(row)
-                acc_state = {"loss_sum": 0.0, "correct": 0.0, "seen": 0, "seconds": 0.0}
-                if dist_info.main:
-                    _check_finite(model, epoch, run_dir)
-                    # resume state first: a kill after it leaves a run that --resume continues, rewriting the
-                    # checkpoints below from it (_catch_up_checkpoints)
-                    _save_resume(
-                        run_dir / RESUME_FILE,
-                        model,
-                        optimizer,
-                        _loop_meta(epoch + 1, 0, global_step, history, acc_state),
-                    )
-                    metrics = {
-                        k: row[k] for k in ("train_loss", "train_accuracy", "test_loss", "test_accuracy")
-                    }
-                    save_checkpoint(
-                        run_dir / "last",
-                        model,
-                        epoch=epoch,
-                        metrics=metrics,
-                        config=cfg.to_dict(),
-                        extra={"classes": data.classes},
-                    )
-                    if test_acc > best:
-                        best = test_acc
-                        save_checkpoint(
-                            run_dir / "best",
-                            model,
-                            epoch=epoch,
-                            metrics=metrics,
-                            config=cfg.to_dict(),
-                            extra={"classes": data.classes},
-                        )
-                    metrics_log.rewrite(history)
-                    if writer is not None:
-                        _log_tensorboard(writer, row, model, data, device)
-                warning = (
-                    f"  WARNING: eval-mode accuracy on {probe} training images is {eval_acc:.4f}, near chance, "
-                    f"against {row['train_accuracy']:.4f} in train mode: BatchNorm statistics and dropout "
-                    "disagree (too narrow for its dropout?); try --model-kwarg drop_scale=0 or a larger --width"
-                    if collapse
-                    else ""
-                )
-                if log:
-                    print(
-                        f"epoch {epoch}/{cfg.epochs}  loss {row['train_loss']:.4f}  train acc {row['train_accuracy']:.4f}  "
-                        f"test acc {test_acc:.4f}  lr {row['lr']:.4g}  {row['images_per_s']:.0f} img/s  {row['seconds']:.1f}s"
-                        + warning,
-                        file=sys.stderr,
-                    )
-                elif warning and dist_info.main:
-                    print(f"epoch {epoch}/{cfg.epochs}:{warning}", file=sys.stderr)
-                if stop.requested:  # arrived during evaluation or saving: the epoch's state is already saved
-                    print(f"interrupted; resume with: ltpa train --resume {run_dir}", file=sys.stderr)
-                    raise KeyboardInterrupt
-        finally:
-            if writer is not None:
-                writer.close()
-    model.eval()
-    return FitResult(run_dir=run_dir, model=model, history=history)
+    elif warning and session.dist_info.main:
+        print(f"epoch {epoch}/{cfg.epochs}:{warning}", file=sys.stderr)
 
 
 COLLAPSE_PROBE = 512  # training images evaluated in eval mode at each epoch's end
