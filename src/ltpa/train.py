@@ -913,19 +913,7 @@ def _setup(
     if dist_info.main:
         _preflight(run_dir, need_bytes=n_params * 4 * CHECKPOINT_COPIES + CHECKPOINT_SLACK_BYTES)
 
-    model.to(device)
-    channels_last, runtime["channels_last"] = choose_channels_last(
-        cfg.channels_last,
-        model,
-        _to_float(data.train_x[: cfg.batch_size].to(device)),
-        data.train_y[: cfg.batch_size].to(device),
-        device,
-        amp_dtype,
-        cache_key=(cfg.model, cfg.width, img_size, repr(cfg.model_kwargs), cfg.amp, torch.get_num_threads()),
-    )
-    cfg.channels_last = "on" if channels_last else "off"
-    if channels_last:
-        model.to(memory_format=torch.channels_last)
+    channels_last, runtime["channels_last"] = _place_model(cfg, model, data, device, amp_dtype, img_size)
     optimizer = make_optimizer(cfg, model)
     state = TrainState()
     if resume:
@@ -975,6 +963,32 @@ def _setup(
             file=sys.stderr,
         )
     return session, state
+
+
+def _place_model(
+    cfg: TrainConfig,
+    model: LTPAModel,
+    data: _Tensors,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+    img_size: int,
+) -> tuple[bool, str]:
+    """Moves the model to ``device`` in the memory format chosen for it (measured on a CPU); records the
+    choice in ``cfg.channels_last`` and returns it with its reason."""
+    model.to(device)
+    channels_last, reason = choose_channels_last(
+        cfg.channels_last,
+        model,
+        _to_float(data.train_x[: cfg.batch_size].to(device)),
+        data.train_y[: cfg.batch_size].to(device),
+        device,
+        amp_dtype,
+        cache_key=(cfg.model, cfg.width, img_size, repr(cfg.model_kwargs), cfg.amp, torch.get_num_threads()),
+    )
+    cfg.channels_last = "on" if channels_last else "off"
+    if channels_last:
+        model.to(memory_format=torch.channels_last)
+    return channels_last, reason
 
 
 def _build_initial_model(
