@@ -97,8 +97,13 @@ def test_sweep_eps0_is_the_clean_accuracy_and_rates_are_consistent() -> None:
     rows = attack_sweep(model, images, labels, method="fgsm", epsilons=[0, 2, 64], batch_size=7)
     assert [r["eps"] for r in rows] == [0.0, 2.0, 64.0]
     assert rows[0]["accuracy"] == 15 / 20 and rows[0]["fooling_rate"] == 0.0
-    for row in rows:
-        assert 0.0 <= row["accuracy"] <= 1.0 and 0.0 <= row["fooling_rate"] <= 1.0 and row["n"] == 20
+    assert all(row["n"] == 20 for row in rows)
+    clean_right = logits.argmax(1) == labels
+    for row in rows[1:]:  # against the attack run directly: accuracy, and flips among the clean-correct
+        adv = fgsm(model, images.float() / 255, labels, row["eps"] / 255)
+        right = predict(model, adv, batch_size=7).argmax(1) == labels
+        assert row["accuracy"] == pytest.approx(float(right.float().mean()))
+        assert row["fooling_rate"] == pytest.approx(float((~right[clean_right]).float().mean()))
     with pytest.raises(LTPAError, match="unknown attack"):
         attack_sweep(model, images, labels, method="cw")
 

@@ -62,7 +62,10 @@ def test_contract_forward_backward_32(name):
         assert a.shape == (2, side, side)
         assert d.shape == (2, info["descriptor"])
     out.logits.sum().backward()
-    assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+    # every parameter takes part (the pc global path too, with an exactly zero gradient: method §1.7)
+    missing = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not missing, missing
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
     model.eval()
     torch.testing.assert_close(model.forward_attention(x).logits, model(x))
     assert model(x[:1]).shape == (1, 10)  # batch size 1 in eval mode

@@ -20,7 +20,7 @@ from __future__ import annotations
 import contextlib
 import importlib.util
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -29,6 +29,7 @@ from torch import nn
 from ltpa.errors import LTPAError
 from ltpa.evaluate._data import batch_slices, eval_mode, model_device, progress_bar, to_model_input
 from ltpa.models import LTPAModel
+from ltpa.models._base import last_conv
 
 __all__ = [
     "GRADCAM_BACKENDS",
@@ -124,10 +125,9 @@ def uniform_map(size: int, batch: int = 1) -> torch.Tensor:
 
 
 def map_kind(model: nn.Module) -> str:
-    """``"cam"`` for VGG-GAP (its maps are class activation maps), ``"attention"`` for every other model."""
-    from ltpa.models import VGGGAP
-
-    return "cam" if isinstance(model, VGGGAP) else "attention"
+    """What the model's maps are, as it declares (``LTPAModel.map_kind``): ``"cam"`` for VGG-GAP (class
+    activation maps), ``"attention"`` for every other model, and for modules that are not ltpa models."""
+    return model.map_kind if isinstance(model, LTPAModel) else "attention"
 
 
 def _level_names(model: nn.Module, count: int) -> list[str]:
@@ -158,40 +158,26 @@ def class_activation_maps(
         - x: (B, 3, H, W) in [0, 1]
         - output: (B, h, w) at conv13's resolution
     """
-    from ltpa.models import VGGGAP
-
-    if not isinstance(model, VGGGAP):
+    if map_kind(model) != "cam":
         name = getattr(model, "model_name", type(model).__name__)
         raise LTPAError(
             f"class activation maps need a vgg_gap model, got {name}; train one with --model vgg_gap"
         )
-    return model.cam(x, classes)
+    return cast(Any, model).cam(x, classes)  # the models whose maps are CAMs have cam()
 
 
 def gradcam_target_layer(model: nn.Module) -> nn.Module:
     """The module whose output Grad-CAM explains: the last convolutional block of the trunk.
 
-    For the attention VGGs that is conv13 (not conv15 of the global path, which under pc receives no gradient,
-    method §1.7); for PAN conv13 on the gated map; for VGG and VGG-GAP conv13; for the ResNets stage 3. Other
-    models: the last ``nn.Conv2d`` they register.
-    """
-    from ltpa.models import VGG, VGGGAP, VGGPAN, AttnVGG, PreActResNet
+    An ltpa model declares it (``LTPAModel.gradcam_layer``): for the attention VGGs conv13 (not conv15 of the
+    global path, which under pc receives no gradient, method §1.7); for PAN conv13 on the gated map; for VGG
+    and VGG-GAP conv13; for the ResNets stage 3; for other models the last ``nn.Conv2d`` they register. Other
+    modules: the last ``nn.Conv2d`` they register.
 
-    if isinstance(model, AttnVGG):
-        return model.block13
-    if isinstance(model, VGGPAN):
-        return model.trunk13
-    if isinstance(model, VGGGAP):
-        return model.features[-1]
-    if isinstance(model, PreActResNet):
-        return model.stages[-1]
-    if isinstance(model, VGG):
-        blocks = [m for m in model.features if any(isinstance(c, nn.Conv2d) for c in m.modules())]
-        return blocks[-1]
-    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
-    if not convs:
-        raise LTPAError(f"{type(model).__name__} has no convolution for Grad-CAM to explain")
-    return convs[-1]
+    Raises:
+        LTPAError: when the model has no convolution.
+    """
+    return model.gradcam_layer() if isinstance(model, LTPAModel) else last_conv(model)
 
 
 def _module_name(model: nn.Module, layer: nn.Module) -> str:

@@ -13,6 +13,7 @@ from typing import Any
 
 from ltpa.errors import LTPAError
 from ltpa.models._base import AttentionOutput, LTPAModel, TrunkFeatures
+from ltpa.models._head import AttentionHead, AttentionModel
 from ltpa.models._registry import create_model, list_models, register_model
 from ltpa.models.attach import AttnBackbone, attach
 from ltpa.models.resnet import PreActResNet
@@ -22,6 +23,8 @@ __all__ = [
     "VGG",
     "VGGGAP",
     "VGGPAN",
+    "AttentionHead",
+    "AttentionModel",
     "AttentionOutput",
     "AttnBackbone",
     "AttnVGG",

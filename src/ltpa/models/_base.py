@@ -11,7 +11,7 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NamedTuple, cast
+from typing import Any, ClassVar, NamedTuple, cast
 
 import torch
 from torch import nn
@@ -28,6 +28,7 @@ __all__ = [
     "canonical_names",
     "conv_bn_relu",
     "init_official",
+    "last_conv",
     "normalized_input",
     "scaled",
 ]
@@ -64,6 +65,18 @@ def conv_bn_relu(in_channels: int, out_channels: int, drop_rate: float = 0.0) ->
     if drop_rate > 0:
         layers.append(Dropout(drop_rate))
     return nn.Sequential(*layers)
+
+
+def last_conv(module: nn.Module) -> nn.Conv2d:
+    """The last ``nn.Conv2d`` that ``module`` registers (in ``module.modules()`` order).
+
+    Raises:
+        LTPAError: when ``module`` has no convolution.
+    """
+    convs = [m for m in module.modules() if isinstance(m, nn.Conv2d)]
+    if not convs:
+        raise LTPAError(f"{type(module).__name__} has no convolution for Grad-CAM to explain")
+    return convs[-1]
 
 
 def canonical_names(module: nn.Module) -> dict[nn.Module, str]:
@@ -192,7 +205,14 @@ class LTPAModel(nn.Module):
 
     Subclasses implement ``_features(x) -> (final, levels)`` (the trunk on normalised input: the deepest map
     and the shallower maps the head attends) and ``_head(final, levels) -> (AttentionOutput, pre_logits)``.
+
+    What evaluation reads (:mod:`ltpa.evaluate`) is declared by the model, not guessed from its class:
+    ``map_kind`` names what ``forward_attention``'s maps are, ``gradcam_layer()`` the layer Grad-CAM explains.
     """
+
+    map_kind: ClassVar[str] = "attention"
+    """What ``forward_attention(x).maps`` hold: ``"attention"`` (attention maps; also the models without any
+    maps) or ``"cam"`` (class activation maps, VGG-GAP)."""
 
     num_classes: int
     img_size: int
@@ -349,6 +369,16 @@ class LTPAModel(nn.Module):
     def default_cfg(self) -> dict[str, Any]:
         """timm's older name for :attr:`pretrained_cfg`."""
         return self.pretrained_cfg
+
+    def gradcam_layer(self) -> nn.Module:
+        """The module whose output Grad-CAM explains: the last convolutional block of the trunk.
+
+        Default: the last ``nn.Conv2d`` the model registers.
+
+        Raises:
+            LTPAError: when the model has no convolution.
+        """
+        return last_conv(self)
 
     def get_classifier(self) -> nn.Module:
         """The final linear layer(s), which ``reset_classifier`` replaces."""

@@ -11,10 +11,9 @@ from typing import cast
 import torch
 from torch import nn
 
-from ltpa.attention import create_attention
 from ltpa.layers import Dropout
-from ltpa.models._base import CONV_BN_EPS, AttentionOutput, LTPAModel, init_official, scaled
-from ltpa.models.vgg import AttentionHead
+from ltpa.models._base import CONV_BN_EPS, AttentionOutput, init_official, scaled
+from ltpa.models._head import AttentionModel
 
 __all__ = ["PreActBottleneck", "PreActResNet"]
 
@@ -55,7 +54,7 @@ def _stage(in_ch: int, out_ch: int, units: int, stride: int) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
-class PreActResNet(LTPAModel):
+class PreActResNet(AttentionModel):
     """Pre-activation bottleneck ResNet (depth 9n+2), with or without RN-att2 attention.
 
     Without attention (``attention_levels=()``): BN-ReLU-global average pool-Linear, the RN-164 baseline.
@@ -133,22 +132,17 @@ class PreActResNet(LTPAModel):
                 Dropout(0.5 * drop_scale),
                 nn.Linear(c3, c3),
             )
-            self.attention = nn.ModuleList(
-                [
-                    create_attention(
-                        channels[lv],
-                        c3,
-                        compatibility,
-                        normalization,
-                        match=match,
-                        drop_rate=0.5 * drop_scale,
-                    )
-                    for lv in levels
-                ]
-            )
-            desc = [int(m.out_channels) for m in self.attention]  # type: ignore[arg-type]
-            self.head = AttentionHead(
-                desc, num_classes, combine=combine, indep_mode=indep_mode, drop_rate=0.3 * drop_scale
+            desc = self._build_attention_head(
+                [channels[lv] for lv in levels],
+                c3,
+                num_classes,
+                compatibility=compatibility,
+                normalization=normalization,
+                match=match,
+                attn_drop=0.5 * drop_scale,
+                head_drop=0.3 * drop_scale,
+                combine=combine,
+                indep_mode=indep_mode,
             )
             self.attn_info = [
                 {"name": f"stage{lv}", "channels": channels[lv], "stride": strides[lv], "descriptor": d}
@@ -161,9 +155,6 @@ class PreActResNet(LTPAModel):
         if self.final is not None:
             with torch.no_grad():
                 self.fc.bias.zero_()
-
-    def head_modules(self) -> list[str]:
-        return ["fc"] if self.final is not None else ["head"]
 
     def _features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         x = self.stem(x)  # (B, 16, S, S)
@@ -190,21 +181,23 @@ class PreActResNet(LTPAModel):
         taps = dict(zip([lv for lv in self.levels if lv != 3], levels))
         taps[3] = final
         g = self.global_path(self._branch(final, 2) if 3 in self.levels else final)  # (B, 256)
-        maps, descriptors = [], []
-        for lv, attn in zip(self.levels, self.attention):
-            g_a, a = attn(self._branch(taps[lv], 2), self._branch(g, len(self.levels)))
-            maps.append(a)
-            descriptors.append(g_a)
-        feats = self.head.features(descriptors)
-        return AttentionOutput(self.head.logits(feats), maps, descriptors), feats
+        return self._attend([taps[lv] for lv in self.levels], g)
+
+    def gradcam_layer(self) -> nn.Module:
+        return self.stages[-1]  # stage 3
+
+    # The baseline (no attended level) has its own classifier, ``fc``, instead of the attention head.
 
     def get_classifier(self) -> nn.Module:
-        return self.fc if self.final is not None else self.head.fc
+        return self.fc if self.final is not None else super().get_classifier()
+
+    def head_modules(self) -> list[str]:
+        return ["fc"] if self.final is not None else super().head_modules()
 
     def reset_classifier(self, num_classes: int) -> None:
-        if self.final is not None:
-            self.fc = nn.Linear(self.fc.in_features, num_classes)
-            init_official(self.fc, zero_linear_bias=True)
-        else:
-            self.head.reset(num_classes)
+        if self.final is None:
+            super().reset_classifier(num_classes)
+            return
+        self.fc = nn.Linear(self.fc.in_features, num_classes)
+        init_official(self.fc, zero_linear_bias=True)
         self.num_classes = num_classes

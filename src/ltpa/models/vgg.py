@@ -7,15 +7,15 @@ the official Torch code; channel counts scale with ``width`` so narrow versions 
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from ltpa.attention import LinearAttention, create_attention
+from ltpa.attention import LinearAttention
 from ltpa.errors import LTPAError
 from ltpa.layers import Dropout
 from ltpa.models._base import AttentionOutput, LTPAModel, conv_bn_relu, init_official, scaled
+from ltpa.models._head import AttentionHead, AttentionModel
 
-__all__ = ["LEVELS", "VGG", "VGGGAP", "VGGPAN", "AttnVGG"]
+__all__ = ["LEVELS", "VGG", "VGGGAP", "VGGPAN", "AttentionHead", "AttnVGG"]
 
 # Attended layers of VGG-att1/2/3 (method §2.2): the last 1, 2 or 3 of conv7, conv10 and conv13.
 LEVELS: dict[int, tuple[int, ...]] = {1: (13,), 2: (10, 13), 3: (7, 10, 13)}
@@ -68,73 +68,7 @@ class _GlobalPath(nn.Module):
         return self.fc(self.features(x))  # (B, D)
 
 
-class _LevelHead(nn.Module):
-    """Per-level BN1d -> ReLU -> Dropout before the classifier (official code, method §1.6)."""
-
-    def __init__(self, channels: int, drop_rate: float) -> None:
-        super().__init__()
-        self.norm = nn.BatchNorm1d(channels)
-        self.drop = Dropout(drop_rate)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.drop(F.relu(self.norm(x)))
-
-
-class AttentionHead(nn.Module):
-    """Combines the per-level descriptors into logits: ``concat`` or ``indep`` (method §1.6).
-
-    ``indep`` gives each level its own linear classifier. ``indep_mode="mean"`` (default, the paper) returns
-    the log of the mean of the per-level class probabilities; ``"product"`` (official code) returns the sum
-    of the per-level log-probabilities, a product of experts. Either way the result is a valid logit vector
-    for cross-entropy.
-    """
-
-    def __init__(
-        self,
-        channels: list[int],
-        num_classes: int,
-        *,
-        combine: str = "concat",
-        indep_mode: str = "mean",
-        drop_rate: float = 0.5,
-    ) -> None:
-        super().__init__()
-        if combine not in ("concat", "indep"):
-            raise ValueError(f"unknown combine {combine!r}; choose one of concat, indep")
-        if indep_mode not in ("mean", "product"):
-            raise ValueError(f"unknown indep_mode {indep_mode!r}; choose one of mean, product")
-        self.combine = combine
-        self.indep_mode = indep_mode
-        self.levels = nn.ModuleList([_LevelHead(c, drop_rate) for c in channels])
-        self.fc: nn.Module
-        if combine == "concat":
-            self.fc = nn.Linear(sum(channels), num_classes)
-        else:
-            self.fc = nn.ModuleList([nn.Linear(c, num_classes) for c in channels])
-        self.channels = list(channels)
-
-    def features(self, descriptors: list[torch.Tensor]) -> torch.Tensor:
-        return torch.cat([head(d) for head, d in zip(self.levels, descriptors)], dim=1)  # (B, sum C_s)
-
-    def logits(self, feats: torch.Tensor) -> torch.Tensor:
-        if self.combine == "concat":
-            return self.fc(feats)
-        assert isinstance(self.fc, nn.ModuleList)
-        parts = torch.split(feats, self.channels, dim=1)
-        log_probs = torch.stack([F.log_softmax(fc(p), dim=1) for fc, p in zip(self.fc, parts)])  # (S, B, K)
-        if self.indep_mode == "product":
-            return log_probs.sum(0)
-        return torch.logsumexp(log_probs, dim=0) - torch.log(torch.tensor(float(len(self.channels))))
-
-    def reset(self, num_classes: int) -> None:
-        if self.combine == "concat":
-            self.fc = nn.Linear(sum(self.channels), num_classes)
-        else:
-            self.fc = nn.ModuleList([nn.Linear(c, num_classes) for c in self.channels])
-        init_official(self.fc)
-
-
-class AttnVGG(LTPAModel):
+class AttnVGG(AttentionModel):
     """VGG-att{1,2,3} (method §2.2): the cifar.torch VGG with the first two max-pools removed, attention at
     conv7/conv10/conv13 steered by the global feature g = FC-1, and a classifier on the pooled descriptors.
 
@@ -216,23 +150,18 @@ class AttnVGG(LTPAModel):
             lv: int(s) if float(s).is_integer() else s
             for lv, s in ((7, stride7), (10, stride10), (13, stride10 * 2))
         }
-        self.attention = nn.ModuleList(
-            [
-                create_attention(
-                    channels[lv],
-                    dim_g,
-                    compatibility,
-                    normalization,
-                    match=match,
-                    drop_rate=0.5 * drop_scale,
-                    mode=attention_mode,
-                )
-                for lv in levels
-            ]
-        )
-        desc = [int(m.out_channels) for m in self.attention]  # type: ignore[arg-type]
-        self.head = AttentionHead(
-            desc, num_classes, combine=combine, indep_mode=indep_mode, drop_rate=0.5 * drop_scale
+        desc = self._build_attention_head(
+            [channels[lv] for lv in levels],
+            dim_g,
+            num_classes,
+            compatibility=compatibility,
+            normalization=normalization,
+            match=match,
+            attn_drop=0.5 * drop_scale,
+            head_drop=0.5 * drop_scale,
+            combine=combine,
+            indep_mode=indep_mode,
+            mode=attention_mode,
         )
         self.attn_info = [
             {"name": f"conv{lv}", "channels": channels[lv], "stride": strides[lv], "descriptor": d}
@@ -259,24 +188,10 @@ class AttnVGG(LTPAModel):
         taps = dict(zip([lv for lv in self.levels if lv != 13], levels))
         taps[13] = final
         g = self.global_path(self._branch(final, 2) if 13 in self.levels else final)  # (B, D)
-        maps, descriptors = [], []
-        for lv, attn in zip(self.levels, self.attention):
-            l = self._branch(taps[lv], 2)
-            g_a, a = attn(l, self._branch(g, len(self.levels)))
-            descriptors.append(g_a)
-            maps.append(a)
-        feats = self.head.features(descriptors)
-        return AttentionOutput(self.head.logits(feats), maps, descriptors), feats
+        return self._attend([taps[lv] for lv in self.levels], g)
 
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def head_modules(self) -> list[str]:
-        return ["head"]  # the per-level BN1d-ReLU-Dropout blocks and the linear layer
-
-    def reset_classifier(self, num_classes: int) -> None:
-        self.head.reset(num_classes)
-        self.num_classes = num_classes
+    def gradcam_layer(self) -> nn.Module:
+        return self.block13  # conv13, not conv15 of the global path (no gradient under pc, method §1.7)
 
 
 class VGG(LTPAModel):
@@ -344,6 +259,10 @@ class VGG(LTPAModel):
         feats = self.pre_logits(pooled)  # (B, 512): the BN-ReLU output after FC-1 (method §4.2)
         return AttentionOutput(self.fc(self.drop(feats)), [], []), feats
 
+    def gradcam_layer(self) -> nn.Module:
+        blocks = [m for m in self.features if any(isinstance(c, nn.Conv2d) for c in m.modules())]
+        return blocks[-1]  # conv13's block
+
     def get_classifier(self) -> nn.Module:
         return self.fc
 
@@ -363,6 +282,8 @@ class VGGGAP(LTPAModel):
     ``forward_attention`` returns the CAM of the predicted class (unnormalised) and the pooled vector;
     :meth:`cam` gives the CAM of any class.
     """
+
+    map_kind = "cam"
 
     def __init__(
         self,
@@ -410,6 +331,9 @@ class VGGGAP(LTPAModel):
         pooled = fmap.mean(dim=(2, 3))  # (B, C)
         logits = self.fc(pooled)
         return AttentionOutput(logits, [self._cam(fmap, logits.argmax(1))], [pooled]), pooled
+
+    def gradcam_layer(self) -> nn.Module:
+        return self.features[-1]  # conv11-13
 
     def get_classifier(self) -> nn.Module:
         return self.fc
@@ -483,6 +407,9 @@ class VGGPAN(LTPAModel):
         out, feats = self._head(l13, [])
         maps, descriptors = [gate, *out.maps], [gated.mean(dim=(2, 3)), *out.descriptors]
         return AttentionOutput(out.logits, maps, descriptors), feats
+
+    def gradcam_layer(self) -> nn.Module:
+        return self.trunk13  # conv11-13 on the gated conv10 map
 
     def get_classifier(self) -> nn.Module:
         return self.head.fc
