@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ from safetensors.torch import load_file, save_file
 
 from ltpa.errors import LTPAError
 from ltpa.models import LTPAModel, create_model
+from ltpa.utils import atomic_write, json_safe
 
 __all__ = [
     "atomic_write",
@@ -30,45 +29,6 @@ __all__ = [
 ]
 
 FORMAT_VERSION = 1
-
-
-def _umask() -> int:
-    """The process's file-mode creation mask; read from procfs where there is one (Linux), since setting and
-    restoring it is not thread-safe."""
-    status = Path("/proc/self/status")
-    if status.is_file():
-        for line in status.read_text(encoding="ascii", errors="replace").splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def atomic_write(path: str | os.PathLike[str], write: Callable[[str], object]) -> None:
-    """Calls ``write(tmp_path)`` then renames the temporary file over ``path``: a crash midway never leaves
-    a broken ``path`` (the previous version stays)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as err:  # name the user's folder, not the temporary file
-        raise OSError(err.errno, err.strerror, str(path.parent)) from err
-    os.close(fd)
-    try:
-        write(tmp)
-        # mkstemp creates the file 0600 (and some writers, safetensors among them, replace it with another
-        # 0600 file): give the result the mode a plain open() would have, 0666 less the umask
-        os.chmod(tmp, 0o666 & ~_umask())
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException as err:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(err, OSError) and err.filename == tmp:
-            raise OSError(err.errno, err.strerror, str(path)) from err
-        raise
 
 
 def checkpoint_paths(stem: str | os.PathLike[str]) -> tuple[Path, Path]:
@@ -105,28 +65,16 @@ def save_checkpoint(
         "format_version": FORMAT_VERSION,
         "ltpa_version": __version__,
         "model_name": name,
-        "model_kwargs": _jsonable(getattr(model, "model_kwargs", {})),
+        "model_kwargs": json_safe(getattr(model, "model_kwargs", {})),
         "num_classes": getattr(model, "num_classes", None),
         "img_size": getattr(model, "img_size", None),
         "epoch": epoch,
-        "metrics": _jsonable(metrics or {}),
-        "config": _jsonable(config or {}),
-        **_jsonable(extra or {}),
+        "metrics": json_safe(metrics or {}),
+        "config": json_safe(config or {}),
+        **json_safe(extra or {}),
     }
     atomic_write(sidecar, lambda tmp: Path(tmp).write_text(json.dumps(meta, indent=2) + "\n"))
     return weights, sidecar
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, torch.Tensor):
-        return value.tolist()
-    return value
 
 
 def resolve_checkpoint(path: str | os.PathLike[str], which: str = "last") -> Path:

@@ -190,12 +190,11 @@ def preset_overrides(name: str) -> dict[str, Any]:
     Raises:
         LTPAError: for an unknown preset, listing close matches.
     """
-    import difflib
+    from ltpa.utils import did_you_mean
 
     names = list_presets()
     if name not in PRESETS:
-        close = difflib.get_close_matches(name, names, n=4, cutoff=0.5)
-        hint = f"did you mean {', '.join(close)}?" if close else "`ltpa train --list-presets` lists them"
+        hint = did_you_mean(name, names) or "`ltpa train --list-presets` lists them"
         raise LTPAError(f"unknown preset {name!r}; {hint}")
     return {**PRESETS[name], "preset": name}
 

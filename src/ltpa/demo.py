@@ -22,6 +22,7 @@ from ltpa.config import TrainConfig
 from ltpa.errors import LTPAError
 from ltpa.models import LTPAModel
 from ltpa.runtime import describe_runtime
+from ltpa.utils import normalize_minmax, to_unit_float
 
 __all__ = ["DemoConfig", "run_demo"]
 
@@ -97,7 +98,7 @@ def _evaluate(
     side = images.shape[-1]
     correct, mass = 0, torch.zeros(len(model.attn_info), dtype=torch.float64)
     for start in range(0, len(images), 250):
-        x = images[start : start + 250].to(device).float() / 255.0
+        x = to_unit_float(images[start : start + 250].to(device))
         out = model.forward_attention(x)
         correct += int((out.logits.argmax(1).cpu() == labels[start : start + 250]).sum())
         for level, a in enumerate(out.maps):
@@ -108,13 +109,10 @@ def _evaluate(
 
 
 def _figure_maps(models: dict[str, LTPAModel], images: torch.Tensor, boxes: torch.Tensor, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
 
-    x = images.float() / 255.0
+    x = to_unit_float(images)
     columns: list[tuple[str, torch.Tensor | None]] = [("image", None)]
     for name, model in models.items():
         device = next(model.parameters()).device
@@ -124,13 +122,10 @@ def _figure_maps(models: dict[str, LTPAModel], images: torch.Tensor, boxes: torc
             up = F.interpolate(
                 a[:, None].float().cpu(), size=x.shape[-2:], mode="bilinear", align_corners=False
             )[:, 0]
-            lo = up.amin(dim=(1, 2), keepdim=True)
-            hi = up.amax(dim=(1, 2), keepdim=True)
-            columns.append(
-                (f"{name}\nlevel {level + 1} ({info['name']})", (up - lo) / (hi - lo).clamp_min(1e-12))
-            )
+            columns.append((f"{name}\nlevel {level + 1} ({info['name']})", normalize_minmax(up)))
     rows = len(x)
-    fig, axes = plt.subplots(rows, len(columns), figsize=(1.6 * len(columns), 1.6 * rows), squeeze=False)
+    fig = Figure(figsize=(1.6 * len(columns), 1.6 * rows))
+    axes = fig.subplots(rows, len(columns), squeeze=False)
     for r in range(rows):
         img = x[r].permute(1, 2, 0).numpy()
         for c, (title, maps_c) in enumerate(columns):
@@ -146,16 +141,13 @@ def _figure_maps(models: dict[str, LTPAModel], images: torch.Tensor, boxes: torc
                 ax.set_title(title, fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def _figure_curves(histories: dict[str, list[dict[str, Any]]], path: Path) -> None:
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig = Figure(figsize=(9, 3.4))
+    ax_loss, ax_acc = fig.subplots(1, 2)
     for name, rows in histories.items():
         epochs = [r["epoch"] for r in rows]
         ax_loss.plot(epochs, [r["train_loss"] for r in rows], marker="o", label=name)
@@ -167,7 +159,6 @@ def _figure_curves(histories: dict[str, list[dict[str, Any]]], path: Path) -> No
     ax_acc.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def _prepare_out(out: Path, names: list[str], overwrite: bool = False) -> None:

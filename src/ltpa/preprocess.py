@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ltpa.errors import LTPAError
+from ltpa.utils import to_unit_float
 
 __all__ = [
     "GCNZCA",
@@ -87,7 +88,7 @@ class Preprocess(nn.Module):
     @staticmethod
     def as_float(images: torch.Tensor) -> torch.Tensor:
         """uint8 images to float [0, 1]; float images unchanged."""
-        return images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+        return to_unit_float(images)
 
 
 class Identity(Preprocess):

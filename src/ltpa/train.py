@@ -53,6 +53,7 @@ from ltpa.models import LTPAModel, create_model
 from ltpa.models._base import normalized_input
 from ltpa.runtime import autocast, choose_channels_last, describe_runtime, resolve_precision
 from ltpa.system import configure_threads
+from ltpa.utils import normalize_minmax, to_unit_float
 
 __all__ = [
     "FitResult",
@@ -227,8 +228,7 @@ def _augment(cfg: TrainConfig, x: torch.Tensor, gen: torch.Generator) -> torch.T
     return x
 
 
-def _to_float(x: torch.Tensor) -> torch.Tensor:
-    return x.float().div_(255.0) if x.dtype == torch.uint8 else x.float()
+_to_float = to_unit_float  # uint8 batches to [0, 1] floats
 
 
 # ----------------------------------------------------------------------------------------------- model
@@ -1378,9 +1378,7 @@ def _log_tensorboard(
     out = model.forward_attention(x)
     for level, a in enumerate(out.maps):
         up = F.interpolate(a[:, None].float(), size=x.shape[-2:], mode="bilinear", align_corners=False)
-        lo = up.amin(dim=(2, 3), keepdim=True)
-        hi = up.amax(dim=(2, 3), keepdim=True)
-        up = (up - lo) / (hi - lo).clamp_min(1e-12)
+        up = normalize_minmax(up[:, 0])[:, None]
         overlay = 0.5 * x + 0.5 * up * torch.tensor([1.0, 0.2, 0.0], device=device).view(1, 3, 1, 1)
         writer.add_images(f"attention/level{level + 1}", overlay.clamp(0, 1), epoch)
     model.train(was_training)

@@ -24,17 +24,22 @@ import numpy as np
 import torch
 
 from ltpa.errors import LTPAError
-from ltpa.evaluate._data import eval_mode, load_checkpoints, model_device, to_model_input
-from ltpa.evaluate._maps import (
+from ltpa.evaluate import (
     attention_maps,
     class_activation_maps,
+    eval_mode,
     grad_cam,
+    load_checkpoints,
     map_kind,
+    model_device,
     normalize_minmax,
+    save_figure,
+    to_model_input,
     upsample,
+    write_json,
 )
-from ltpa.evaluate._results import save_figure, write_json
 from ltpa.models import LTPAModel
+from ltpa.utils import to_unit_float
 
 __all__ = [
     "VisualizeConfig",
@@ -111,7 +116,7 @@ def overlay(image: torch.Tensor, heat: torch.Tensor, *, alpha: float = 0.5, cmap
 
     if image.shape[-2:] != heat.shape[-2:]:
         raise ValueError(f"image {tuple(image.shape)} and heat map {tuple(heat.shape)} differ in size")
-    base = image.float() / 255.0 if image.dtype == torch.uint8 else image.float()
+    base = to_unit_float(image)
     rgb = base.permute(1, 2, 0).cpu().numpy()
     colours = colormaps[cmap](heat.detach().float().clamp(0, 1).cpu().numpy())[..., :3]
     blended = (1.0 - alpha) * rgb + alpha * colours

@@ -6,7 +6,6 @@ Paper: "Learn To Pay Attention", Jetley et al., ICLR 2018, https://arxiv.org/abs
 
 from __future__ import annotations
 
-import difflib
 import inspect
 import os
 from collections.abc import Callable
@@ -18,6 +17,7 @@ from typing import Any
 from ltpa.data import cifar, cluttered, cub, folder, idx, object_discovery, stl10, svhn
 from ltpa.data._base import DatasetInfo, ImageDataset
 from ltpa.errors import LTPAError
+from ltpa.utils import did_you_mean
 
 __all__ = ["build_dataset", "dataset_info", "dataset_options", "find_dataset", "list_datasets"]
 
@@ -207,8 +207,8 @@ def _lookup(name: str) -> _Entry:
     key = name.strip().lower().replace("_", "-")
     if key in _REGISTRY:
         return _REGISTRY[key]
-    close = difflib.get_close_matches(key, list(_REGISTRY), n=3, cutoff=0.5)
-    hint = f"did you mean {', '.join(close)}? " if close else ""
+    close = did_you_mean(key, _REGISTRY, n=3)
+    hint = f"{close} " if close else ""
     raise LTPAError(f"unknown dataset {name!r}; {hint}choose one of {', '.join(list_datasets())}")
 
 

@@ -13,7 +13,16 @@ prints a table. The building blocks (``predict``, ``fgsm``, ``pgd``, ``otsu_thre
 
 from __future__ import annotations
 
-from ltpa.evaluate._data import EvalData, load_checkpoints, load_eval_data
+from ltpa.evaluate._data import (
+    EvalData,
+    batch_slices,
+    eval_mode,
+    load_checkpoints,
+    load_eval_data,
+    model_device,
+    resolve_device,
+    to_model_input,
+)
 from ltpa.evaluate._maps import (
     GRADCAM_BACKENDS,
     as_distribution,
@@ -24,10 +33,12 @@ from ltpa.evaluate._maps import (
     grad_cam,
     gradcam_backend,
     gradcam_target_layer,
+    map_kind,
     normalize_minmax,
     uniform_map,
     upsample,
 )
+from ltpa.evaluate._results import save_figure, write_csv, write_json
 from ltpa.evaluate.accuracy import (
     AccuracyResult,
     EvalConfig,
@@ -78,10 +89,12 @@ __all__ = [
     "as_distribution",
     "attack_sweep",
     "attention_maps",
+    "batch_slices",
     "binarize",
     "cached_features",
     "class_activation_maps",
     "compute_maps",
+    "eval_mode",
     "evaluate_accuracy",
     "extract_features",
     "fgsm",
@@ -94,6 +107,8 @@ __all__ = [
     "load_checkpoints",
     "load_eval_data",
     "localization_scores",
+    "map_kind",
+    "model_device",
     "normalize_minmax",
     "object_boxes",
     "otsu_threshold",
@@ -102,14 +117,19 @@ __all__ = [
     "plot_confusion",
     "pointing_hits",
     "predict",
+    "resolve_device",
     "run_attack",
     "run_eval",
     "run_localize",
     "run_segment",
     "run_transfer",
+    "save_figure",
     "score_segmentation",
     "segmentation_maps",
     "threshold_grid",
+    "to_model_input",
     "uniform_map",
     "upsample",
+    "write_csv",
+    "write_json",
 ]

@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from ltpa.errors import LTPAError
 from ltpa.models import LTPAModel
+from ltpa.utils import to_unit_float
 
 __all__ = [
     "MASK_DATASETS",
@@ -152,7 +153,7 @@ def to_model_input(images: torch.Tensor, size: int, device: torch.device | None 
         - output: (B, 3, size, size)
     """
     x = images.to(device) if device is not None else images
-    x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+    x = to_unit_float(x)
     if tuple(x.shape[-2:]) != (size, size):
         x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
         x = x.clamp_(0.0, 1.0)

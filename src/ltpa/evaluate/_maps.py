@@ -30,6 +30,7 @@ from ltpa.errors import LTPAError
 from ltpa.evaluate._data import batch_slices, eval_mode, model_device, progress_bar, to_model_input
 from ltpa.models import LTPAModel
 from ltpa.models._base import last_conv
+from ltpa.utils import normalize_minmax
 
 __all__ = [
     "GRADCAM_BACKENDS",
@@ -61,24 +62,6 @@ def upsample(maps: torch.Tensor, size: int | tuple[int, int]) -> torch.Tensor:
     if tuple(maps.shape[-2:]) == hw:
         return maps
     return F.interpolate(maps[:, None].float(), size=hw, mode="bilinear", align_corners=False)[:, 0]
-
-
-def normalize_minmax(maps: torch.Tensor) -> torch.Tensor:
-    """Per-image min-max scaling to [0, 1].
-
-    A constant map carries no preference among positions: it becomes all ones, so that it binarises to the
-    whole image at any threshold in [0, 1] (the uniform-map baseline).
-
-    Shape:
-        - maps: (B, H, W)
-        - output: (B, H, W)
-    """
-    flat = maps.float().flatten(1)
-    lo = flat.min(dim=1, keepdim=True).values
-    span = flat.max(dim=1, keepdim=True).values - lo
-    constant = span <= 0
-    out = torch.where(constant, torch.ones_like(flat), (flat - lo) / torch.where(constant, 1.0, span))
-    return out.view_as(maps)
 
 
 def as_distribution(maps: torch.Tensor) -> torch.Tensor:

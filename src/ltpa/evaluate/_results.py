@@ -18,7 +18,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from ltpa.checkpoint import atomic_write
+from ltpa.utils import atomic_write, json_safe
 
 __all__ = ["format_table", "save_figure", "write_csv", "write_json"]
 
@@ -51,19 +51,9 @@ def save_figure(fig: Any, path: str | os.PathLike[str]) -> Path:
     return path
 
 
-def _finite(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {str(k): _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    return value
-
-
 def write_json(path: str | os.PathLike[str], data: Any) -> Path:
     """Writes ``data`` as indented JSON (NaN becomes null, which every JSON reader accepts)."""
-    text = json.dumps(_finite(data), indent=2) + "\n"
+    text = json.dumps(json_safe(data), indent=2) + "\n"
     path = Path(path)
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
     return path

@@ -35,6 +35,7 @@ from ltpa.evaluate._data import (
     to_model_input,
 )
 from ltpa.evaluate._results import format_table, save_figure, write_json
+from ltpa.utils import safe_filename
 
 __all__ = [
     "AccuracyResult",
@@ -222,11 +223,6 @@ def plot_confusion(result: AccuracyResult, path: str | os.PathLike[str], *, titl
     ax.set_title(f"{title}  accuracy {100 * result.accuracy:.2f}% (n={result.n})".strip(), fontsize=10)
     fig.tight_layout()
     return save_figure(fig, path)
-
-
-def safe_filename(name: str) -> str:
-    """A run name usable as part of a file name."""
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
 
 
 def run_eval(checkpoints: Sequence[str | os.PathLike[str]], config: EvalConfig) -> dict[str, AccuracyResult]:

@@ -31,8 +31,8 @@ from ltpa.errors import LTPAError
 from ltpa.evaluate._data import MASK_DATASETS, EvalData, load_checkpoints, masked_data
 from ltpa.evaluate._maps import compute_maps, gaussian_prior, normalize_minmax, uniform_map
 from ltpa.evaluate._results import format_table, save_figure, write_csv
-from ltpa.evaluate.accuracy import safe_filename
 from ltpa.models import LTPAModel
+from ltpa.utils import safe_filename
 
 __all__ = [
     "MASK_DATASETS",

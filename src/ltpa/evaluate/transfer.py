@@ -41,8 +41,8 @@ from ltpa.evaluate._data import (
     to_model_input,
 )
 from ltpa.evaluate._results import format_table, save_figure, write_csv, write_json
-from ltpa.evaluate.accuracy import safe_filename
 from ltpa.models import LTPAModel
+from ltpa.utils import safe_filename
 
 __all__ = [
     "DEFAULT_CS",

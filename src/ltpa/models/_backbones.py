@@ -49,10 +49,9 @@ def _parse(family: str, rest: str) -> tuple[str, int, str, str]:
 
 
 def _unknown(family: str, name: str, known: list[str]) -> LTPAError:
-    import difflib
+    from ltpa.utils import did_you_mean
 
-    close = difflib.get_close_matches(name, known, n=5, cutoff=0.5)
-    hint = f"did you mean {', '.join(close)}?" if close else "check the spelling"
+    hint = did_you_mean(name, known, n=5) or "check the spelling"
     return LTPAError(f"{family} has no model {name!r}; {hint}")
 
 

@@ -5,13 +5,13 @@ A variant is a registered builder that fixes keyword arguments of one generic cl
 
 from __future__ import annotations
 
-import difflib
 import os
 from collections.abc import Callable
 from typing import Any, cast
 
 from ltpa.errors import LTPAError
 from ltpa.models._base import LTPAModel
+from ltpa.utils import did_you_mean
 
 __all__ = ["create_model", "list_models", "register_family", "register_model"]
 
@@ -130,8 +130,7 @@ def create_model(
 
 def _check_name(name: str) -> None:
     if name not in _MODELS:
-        close = difflib.get_close_matches(name, list(_MODELS), n=5, cutoff=0.4)
-        hint = f"did you mean {', '.join(close)}?" if close else "see `ltpa models` for the list"
+        hint = did_you_mean(name, _MODELS, n=5, cutoff=0.4) or "see `ltpa models` for the list"
         raise LTPAError(f"unknown model {name!r}; {hint}")
 
 

@@ -10,7 +10,6 @@ import torch
 from torch import nn
 
 from ltpa.attention import LinearAttention
-from ltpa.errors import LTPAError
 from ltpa.layers import Dropout
 from ltpa.models._base import AttentionOutput, LTPAModel, conv_bn_relu, init_official, scaled
 from ltpa.models._head import AttentionHead, AttentionModel
@@ -420,10 +419,3 @@ class VGGPAN(LTPAModel):
     def reset_classifier(self, num_classes: int) -> None:
         self.head.reset(num_classes)
         self.num_classes = num_classes
-
-
-def check_levels(n: int) -> tuple[int, ...]:
-    """Attended layers of VGG-att``n``."""
-    if n not in LEVELS:
-        raise LTPAError(f"VGG-att{n} does not exist; choose 1, 2 or 3 attended levels")
-    return LEVELS[n]

@@ -110,6 +110,7 @@ def _map_sets(model: Any, arm: str, images: torch.Tensor) -> tuple[torch.Tensor,
         logits = torch.empty(0)
         for i, info in enumerate(model.attn_info):
             logits, maps[info["name"]] = model_maps(model, images, level=i)
+        maps["gradcam"] = gradcam_maps(model, images)  # Grad-CAM at conv13 of the same network
         return logits, maps
     if spec.model == "vgg_gap":
         logits, cam = model_maps(model, images)
@@ -134,7 +135,7 @@ def _predict_split(model: Any, split: Split) -> torch.Tensor:
 
 def _attack_record(model: Any, test: Split, design: Design, replicate: int) -> dict[str, Any]:
     """Per-image correctness: clean, after FGSM at each eps of the grid, after PGD-10 (fewer images)."""
-    from ltpa.evaluate._data import batch_slices, to_model_input
+    from ltpa.evaluate import batch_slices, to_model_input
     from ltpa.evaluate.robustness import fgsm, pgd
 
     x = test.images[: design.num_attack]
@@ -209,7 +210,7 @@ def evaluate_run(study: Study, arm: str, replicate: int, data: ReplicateData, di
 
 
 def _up(maps: torch.Tensor) -> torch.Tensor:
-    from ltpa.evaluate._maps import upsample
+    from ltpa.evaluate import upsample
 
     return upsample(maps, 32)
 

@@ -96,7 +96,7 @@ def fooling_curves(res: Results, path: Path) -> Path:
 def map_examples(res: Results, path: Path, *, count: int = 6, replicate: int = 0) -> Path:
     """The same test images under every arm's map (replicate ``replicate``), with the object's outline."""
     from ltpa.checkpoint import load_model
-    from ltpa.evaluate._maps import normalize_minmax, upsample
+    from ltpa.evaluate import normalize_minmax, upsample
     from ltpa.study.evaluate import load_replicate
     from ltpa.study.metrics import gradcam_maps, model_maps
 

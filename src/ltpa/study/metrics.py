@@ -29,12 +29,21 @@ import torch
 from torch import nn
 
 from ltpa.errors import LTPAError
-from ltpa.evaluate._data import batch_slices, eval_mode, model_device, to_model_input
-from ltpa.evaluate._maps import gaussian_prior, grad_cam, uniform_map, upsample
+from ltpa.evaluate import (
+    batch_slices,
+    eval_mode,
+    gaussian_prior,
+    grad_cam,
+    model_device,
+    to_model_input,
+    uniform_map,
+    upsample,
+)
 from ltpa.evaluate.localization import pointing_hits
 from ltpa.evaluate.robustness import fgsm, pgd
 from ltpa.evaluate.transfer import extract_features
 from ltpa.models import LTPAModel
+from ltpa.utils import to_unit_float
 
 __all__ = [
     "AREA_GRID",
@@ -198,7 +207,7 @@ def area_matched_threshold(
 
 
 def _as_float_images(images: torch.Tensor) -> torch.Tensor:
-    return images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+    return to_unit_float(images)
 
 
 def reference_maps(images: torch.Tensor, kind: str, size: int, *, sigma: float = 0.25) -> torch.Tensor:

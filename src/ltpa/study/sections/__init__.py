@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ltpa.evaluate._results import write_csv
+from ltpa.evaluate import write_csv
 from ltpa.study.stats import format_mean_std
 
 __all__ = ["Output", "md_table", "mean_cell"]

@@ -70,7 +70,9 @@ def section(res: Results, out: Output) -> str:
         "*average precision* (the map's values ranking object pixels above the rest: insensitive to how peaked "
         "the map is), and *IoU* after keeping each map's top pixels at one area per map type, chosen on the "
         "validation images (so every map covers the same area whatever its sharpness). Means ± std over "
-        "replicates, in %. *Localises* = significantly better (paired p < 0.05) than both the centred "
+        "replicates, in %. Maps per model: its attention levels (conv10, conv13), VGG-GAP's class activation "
+        "map (*cam*), and Grad-CAM of the predicted class at conv13 of the same network (*gradcam*). "
+        "*Localises* = significantly better (paired p < 0.05) than both the centred "
         "Gaussian and the image-intensity map on both pointing and AP.\n\n"
         + md_table(["map", "pointing", "ROC-AUC", "AP", "IoU @ area", "area", "localises"], body, "lrrrrrl")
         + f"\n\nThe same test images under each arm's map (replicate 0; conv13 for attention models, CAM for "

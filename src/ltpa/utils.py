@@ -1,0 +1,103 @@
+"""Small helpers shared across ltpa's packages: file writing, image and map conversions, names.
+
+Every package imports these from here; none keeps its own copy.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "atomic_write",
+    "did_you_mean",
+    "json_safe",
+    "normalize_minmax",
+    "safe_filename",
+    "to_unit_float",
+]
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[str], object]) -> None:
+    """Calls ``write(tmp_path)`` then renames the temporary file over ``path``: a crash midway never leaves
+    a broken ``path`` (the previous version stays). Errors name ``path``, never the temporary file."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:  # name the user's folder, not the temporary file
+        raise OSError(err.errno, err.strerror, str(path.parent)) from err
+    os.close(fd)
+    try:
+        write(tmp)
+        # mkstemp creates the file 0600 (and some writers, safetensors among them, replace it with another
+        # 0600 file): give the result the mode a plain open() would have, 0666 less the umask
+        os.chmod(tmp, 0o666 & ~_umask())
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException as err:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        if isinstance(err, OSError) and err.filename == tmp:
+            raise OSError(err.errno, err.strerror, str(path)) from err
+        raise
+
+
+def to_unit_float(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images (0..255) as float32 in [0, 1]; float images as float32, unchanged in value."""
+    return images.float() / 255.0 if images.dtype == torch.uint8 else images.float()
+
+
+def normalize_minmax(maps: torch.Tensor) -> torch.Tensor:
+    """Per-image min-max scaling of (B, H, W) maps to [0, 1].
+
+    A constant map carries no preference among positions: it becomes all ones, so that it binarises to the
+    whole image at any threshold in [0, 1] (the uniform-map baseline).
+    """
+    flat = maps.float().flatten(1)
+    lo = flat.min(dim=1, keepdim=True).values
+    span = flat.max(dim=1, keepdim=True).values - lo
+    constant = span <= 0
+    out = torch.where(constant, torch.ones_like(flat), (flat - lo) / torch.where(constant, 1.0, span))
+    return out.view_as(maps)
+
+
+def did_you_mean(name: str, choices: Iterable[str], *, n: int = 4, cutoff: float = 0.5) -> str:
+    """``"did you mean a, b?"`` for the choices close to ``name``, or ``""`` when none is close."""
+    close = difflib.get_close_matches(name, list(choices), n=n, cutoff=cutoff)
+    return f"did you mean {', '.join(close)}?" if close else ""
+
+
+def safe_filename(name: str) -> str:
+    """A name usable as part of a file name (letters, digits, ``-_.``; anything else becomes ``_``)."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` made JSON-safe: dict keys as strings, tuples as lists, paths as strings, tensors as lists,
+    and non-finite floats as ``None`` (strict JSON has no NaN)."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, torch.Tensor):
+        return json_safe(value.tolist())
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
