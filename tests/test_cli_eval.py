@@ -343,3 +343,24 @@ def test_eval_missing_checkpoint_is_a_one_line_error(tmp_path: Path, capsys) -> 
     )
     err = capsys.readouterr().err
     assert err.startswith("ltpa eval: error: no checkpoint") and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["eval", "attack", "localize", "segment", "transfer", "visualize"])
+def test_every_evaluation_command_runs_with_only_a_run_folder(
+    command: str, tmp_path: Path, trained_runs: dict[str, Path], single_thread: None
+) -> None:
+    """The run's checkpoint records its data, folder and options: no --data needed (on the embedded data)."""
+    from ltpa.checkpoint import load_model, save_checkpoint
+
+    run = tmp_path / "run"
+    config = {"data": "cluttered-digits", "data_options": CLUTTERED_OPTIONS}
+    save_checkpoint(run / "last", load_model(trained_runs["att2"]), epoch=1, config=config)
+    extra = {
+        "attack": ["--eps", "0,2"],
+        "transfer": ["--folds", "2", "--limit", "60"],
+        "visualize": ["--count", "2"],
+    }
+    out = tmp_path / command
+    assert main([command, str(run), *extra.get(command, []), "--out", str(out)]) == 0
+    assert any(out.iterdir())

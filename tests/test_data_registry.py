@@ -61,8 +61,8 @@ def test_list_and_info() -> None:
 def test_unknown_name_split_option() -> None:
     with pytest.raises(LTPAError, match="did you mean cifar10"):
         dataset_info("cifr10")
-    with pytest.raises(LTPAError, match=r"unknown split 'val'.*train, test"):
-        build_dataset("cluttered-digits", split="val")
+    with pytest.raises(LTPAError, match=r"unknown split 'extra'.*train, test, val"):
+        build_dataset("cluttered-digits", split="extra")
     with pytest.raises(LTPAError, match=r"unknown option.*num_imgs.*num_train=10000"):
         build_dataset("cluttered-digits", num_imgs=5)
     assert dataset_info("Cluttered_Digits").name == "cluttered-digits"
@@ -109,7 +109,7 @@ def test_cli_lists_datasets(capsys: pytest.CaptureFixture[str]) -> None:
 def test_cli_counts_and_grid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     grid = tmp_path / "grid.png"
     argv = ["data", "cluttered-digits", "--split", "test", "--grid", str(grid), "--grid-count", "9"]
-    assert main([*argv, "--option", "num_test=30", "--option", "noise=0.1"]) == 0
+    assert main([*argv, "--data-option", "num_test=30", "--option", "noise=0.1"]) == 0
     out = capsys.readouterr().out
     assert "30 images, 10 classes, masks: True" in out and str(grid) in out
     image = decode_png(read_file(str(grid)))

@@ -67,6 +67,7 @@ def tiny(tmp_path, name="run", **kw):
     return tiny_train_config(tmp_path, name, **{"model": "vgg_att2_concat_pc", **small, **kw})
 
 
+@pytest.mark.slow
 def test_cpu_without_native_bf16_trains_in_fp32_and_records_why(tmp_path, monkeypatch):
     monkeypatch.setattr(ltpa.system, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
     run = fit(tiny(tmp_path, epochs=1)).run_dir
@@ -99,6 +100,7 @@ def _weights(run):
     return load_file(str(Path(run) / "last.safetensors"))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "overrides",
     [{}, {"amp": "bf16", "channels_last": "on"}],

@@ -80,6 +80,7 @@ def _raise_at(epoch, step, exc):
     return callback
 
 
+@pytest.mark.slow
 def test_resume_after_kill_between_epochs_matches(tmp_path, reference):
     cfg = tiny(tmp_path, model="vgg_att2_concat_pc")
     with pytest.raises(Kill):
@@ -89,6 +90,7 @@ def test_resume_after_kill_between_epochs_matches(tmp_path, reference):
     assert_same_run(cfg.out, reference.run_dir)
 
 
+@pytest.mark.slow
 def test_resume_after_kill_inside_epoch_matches(tmp_path, reference):
     cfg = tiny(tmp_path, model="vgg_att2_concat_pc", checkpoint_every=2)
     with pytest.raises(Kill):
@@ -97,6 +99,7 @@ def test_resume_after_kill_inside_epoch_matches(tmp_path, reference):
     assert_same_run(cfg.out, reference.run_dir)
 
 
+@pytest.mark.slow
 def test_resume_after_ctrl_c_inside_epoch_matches(tmp_path, reference):
     cfg = tiny(tmp_path, model="vgg_att2_concat_pc")
     with pytest.raises(KeyboardInterrupt):
@@ -105,6 +108,7 @@ def test_resume_after_ctrl_c_inside_epoch_matches(tmp_path, reference):
     assert_same_run(cfg.out, reference.run_dir)
 
 
+@pytest.mark.slow
 def test_sigint_to_a_real_process_saves_and_resumes(tmp_path):
     out = tmp_path / "sig"
     args = [sys.executable, "-m", "ltpa", "train", "--model", "vgg", "--data", "cluttered-digits", "--width", "0.125",
@@ -228,6 +232,7 @@ def test_dampened_sgd_is_torch_optim_sgd():
     torch.testing.assert_close(p.detach(), theta)
 
 
+@pytest.mark.slow
 def test_every_preset_dry_runs(capsys):
     presets = list_presets()
     assert len(presets) >= 4 * 21 and "vgg_att2_concat_pc-cifar10" in presets
@@ -248,6 +253,7 @@ def test_config_yaml_preset_flags_order(tmp_path):
     assert ltpa.cli.main(["train", "--preset", "vgg_att9-cifar10", "--dry-run"]) == 2
 
 
+@pytest.mark.slow
 def test_ddp_two_processes_gloo(tmp_path):
     out = tmp_path / "ddp"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -276,6 +282,7 @@ def test_ddp_two_processes_gloo(tmp_path):
     load_model(out)
 
 
+@pytest.mark.slow
 def test_demo_writes_summary_report_and_figures(tmp_path):
     out = tmp_path / "demo"
     args = ["demo", "--out", str(out), "--epochs", "1", "--num-train", "128", "--num-test", "64", "--quiet"]
@@ -301,6 +308,7 @@ def test_demo_writes_summary_report_and_figures(tmp_path):
     assert ltpa.cli.main(args) == 0  # a second demo redoes its own runs
 
 
+@pytest.mark.slow
 def test_cosine_schedule_and_adamw_resume(tmp_path):
     cfg = TrainConfig(lr=0.01, lr_schedule="cosine", warmup=0.25)
     assert lr_at(cfg, 1, 0, 100) == pytest.approx(0.0004)

@@ -141,6 +141,7 @@ def _count_writes(monkeypatch, kill_at=None):
     return calls
 
 
+@pytest.mark.slow
 def test_every_kill_point_leaves_a_resumable_or_restartable_folder(tmp_path, ref, monkeypatch):
     with monkeypatch.context() as m:
         writes = _count_writes(m)
@@ -159,6 +160,7 @@ def test_every_kill_point_leaves_a_resumable_or_restartable_folder(tmp_path, ref
         assert_same(cfg.out, ref.run_dir)
 
 
+@pytest.mark.slow
 def test_old_order_kill_after_last_before_resume_is_restartable_with_overwrite(tmp_path):
     cfg = small(tmp_path, epochs=1)
     fit(cfg)
@@ -211,6 +213,7 @@ def test_lr_1e6_stops_without_saving_and_nan_message_says_no_checkpoint(tmp_path
     assert not (Path(cfg.out) / "last.json").exists()
 
 
+@pytest.mark.slow
 def test_resume_extends_epochs_and_refuses_changed_flags(tmp_path, capsys):
     out = tmp_path / "run"
     cosine = ["--lr", "0.003"]

@@ -41,6 +41,9 @@ def build_parser() -> argparse.ArgumentParser:
         description="Learn To Pay Attention (Jetley et al., ICLR 2018): models, training and experiments.",
     )
     parser.add_argument("--version", action="version", version=f"ltpa {__version__}")
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="also show debug messages (before the command name)"
+    )
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in _COMMANDS:
         module = importlib.import_module(f"ltpa.commands.{name}")
@@ -78,6 +81,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser = build_parser()  # imports the subcommands (and so PyTorch): Ctrl-C may arrive here
         args = parser.parse_args(argv)
         command = args.command
+        from ltpa.utils import configure_logging
+
+        configure_logging(1 if args.verbose else -1 if getattr(args, "quiet", False) else 0)
         status = args.func(args)
     except (LTPAError, ValueError) as err:
         if os.environ.get("LTPA_DEBUG"):

@@ -9,7 +9,6 @@ of each attention map falls inside the object's bounding box), and writes ``repo
 from __future__ import annotations
 
 import json
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +21,7 @@ from ltpa.config import TrainConfig
 from ltpa.errors import LTPAError
 from ltpa.models import LTPAModel
 from ltpa.runtime import describe_runtime
+from ltpa.utils import log as logger
 from ltpa.utils import normalize_minmax, to_unit_float
 
 __all__ = ["DemoConfig", "run_demo"]
@@ -203,7 +203,7 @@ def run_demo(cfg: DemoConfig | None = None) -> dict[str, Any]:
     runtimes: dict[str, dict[str, Any]] = {}
     for name in names:
         if not cfg.quiet:
-            print(f"[demo] training {name} (width {cfg.width}) on {cfg.data}", file=sys.stderr)
+            logger.info("[demo] training %s (width %s) on %s", name, cfg.width, cfg.data)
         t0 = time.perf_counter()
         result = fit(cfg.train_config(name))
         train_seconds[name] = time.perf_counter() - t0
@@ -238,8 +238,6 @@ def run_demo(cfg: DemoConfig | None = None) -> dict[str, Any]:
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     _write_report(cfg, out, summary, results)
-    if not cfg.quiet:
-        print((out / "report.md").read_text())
     return summary
 
 

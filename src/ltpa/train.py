@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
 import os
 import re
@@ -53,6 +54,7 @@ from ltpa.models import LTPAModel, create_model
 from ltpa.models._base import normalized_input
 from ltpa.runtime import autocast, choose_channels_last, describe_runtime, resolve_precision
 from ltpa.system import configure_threads
+from ltpa.utils import log as logger
 from ltpa.utils import normalize_minmax, to_unit_float
 
 __all__ = [
@@ -473,7 +475,7 @@ def _claim_out(run_dir: Path, cfg: TrainConfig, *, clear: bool, log: bool) -> No
             )
     if clear:
         if log and (run_dir / "config.yaml").exists():
-            print(f"{run_dir}: replacing an earlier run that never finished an epoch", file=sys.stderr)
+            logger.info("%s: replacing an earlier run that never finished an epoch", run_dir)
         clear_run(run_dir)
 
 
@@ -655,8 +657,10 @@ def _resume_config(
                 "steps' learning rates differ from the original schedule and from a fresh run of that length"
             )
         notes.append(note)
-        if log or cfg.lr_schedule == "cosine":
-            print(f"{run_dir}: {note}", file=sys.stderr)
+        if cfg.lr_schedule == "cosine":  # the schedule changes: say so even when quiet
+            logger.warning("%s: %s", run_dir, note)
+        elif log:
+            logger.info("%s: %s", run_dir, note)
         cfg.epochs = epochs
     cfg.quiet = bool(changes.get("quiet") or caller.quiet)
     cfg.device = changes.get("device") or caller.device
@@ -873,7 +877,7 @@ def _fit(
                 row = _evaluate_epoch(session, state)
                 _end_epoch(session, state, row)
                 if stop.requested:  # arrived during evaluation or saving: the epoch's state is already saved
-                    print(f"interrupted; resume with: ltpa train --resume {run_dir}", file=sys.stderr)
+                    logger.warning("interrupted; resume with: ltpa train --resume %s", run_dir)
                     raise KeyboardInterrupt
         finally:
             if session.writer is not None:
@@ -954,13 +958,12 @@ def _setup(
         _write_run_files(session, state, n_params, runtime, notes, resume)
         session.writer = _tensorboard(cfg, run_dir)
     if log:
-        print(
+        logger.info(
             f"training {cfg.model} ({n_params:,} parameters) on {cfg.data}: {n} images, {steps} steps/epoch, "
             f"{cfg.epochs} epochs, device {device}"
             + (f" x{dist_info.world}" if dist_info.enabled else "")
             + f" ({describe_runtime(cfg.threads if device.type == 'cpu' else None, cfg.amp, cfg.channels_last)})"
-            + f" -> {run_dir}",
-            file=sys.stderr,
+            + f" -> {run_dir}"
         )
     return session, state
 
@@ -1002,7 +1005,7 @@ def _build_initial_model(
     if cfg.init_from and not resume:
         count = _init_from(model, cfg.init_from, cfg.init_from_head)
         if log:
-            print(f"initialised {count} tensors from {cfg.init_from}", file=sys.stderr)
+            logger.info("initialised %d tensors from %s", count, cfg.init_from)
     return model
 
 
@@ -1154,7 +1157,7 @@ def train_one_epoch(
             progress.close()
             if dist_info.main:
                 session.save_resume(state, epoch, step + 1)
-                print(f"\ninterrupted; resume with: ltpa train --resume {session.run_dir}", file=sys.stderr)
+                logger.warning("\ninterrupted; resume with: ltpa train --resume %s", session.run_dir)
             raise KeyboardInterrupt
         if cfg.checkpoint_every and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < session.steps:
             state.acc["seconds"] += time.perf_counter() - tick
@@ -1221,14 +1224,14 @@ def _end_epoch(session: _Session, state: TrainState, row: dict[str, Any]) -> Non
         else ""
     )
     if session.log:
-        print(
+        logger.log(
+            logging.WARNING if warning else logging.INFO,
             f"epoch {epoch}/{cfg.epochs}  loss {row['train_loss']:.4f}  train acc {row['train_accuracy']:.4f}  "
             f"test acc {row['test_accuracy']:.4f}  lr {row['lr']:.4g}  {row['images_per_s']:.0f} img/s  "
             f"{row['seconds']:.1f}s" + warning,
-            file=sys.stderr,
         )
     elif warning and session.dist_info.main:
-        print(f"epoch {epoch}/{cfg.epochs}:{warning}", file=sys.stderr)
+        logger.warning(f"epoch {epoch}/{cfg.epochs}:{warning}")
 
 
 COLLAPSE_PROBE = 512  # training images evaluated in eval mode at each epoch's end

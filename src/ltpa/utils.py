@@ -6,8 +6,10 @@ Every package imports these from here; none keeps its own copy.
 from __future__ import annotations
 
 import difflib
+import logging
 import math
 import os
+import sys
 import tempfile
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -17,8 +19,10 @@ import torch
 
 __all__ = [
     "atomic_write",
+    "configure_logging",
     "did_you_mean",
     "json_safe",
+    "log",
     "normalize_minmax",
     "safe_filename",
     "to_unit_float",
@@ -101,3 +105,32 @@ def json_safe(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
+
+
+# ------------------------------------------------------------------------------------------------ logging
+
+log = logging.getLogger("ltpa")  # every message of the library; the `ltpa` command line shows them on stderr
+
+
+class _CurrentStderr(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at the time of each message (pytest and notebooks replace it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+def configure_logging(verbosity: int = 0) -> None:
+    """Shows the ``ltpa`` logger's messages on stderr, as plain lines: ``verbosity`` -1 warnings only
+    (``--quiet``), 0 progress and results, 1 debug details (``-v``). Called by the command line; Python users
+    call it (or configure ``logging`` themselves) to see training progress."""
+    level = {-1: logging.WARNING, 0: logging.INFO}.get(
+        verbosity, logging.DEBUG if verbosity > 0 else logging.WARNING
+    )
+    for handler in [h for h in log.handlers if isinstance(h, _CurrentStderr)]:
+        log.removeHandler(handler)
+    handler = _CurrentStderr()
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(handler)
+    log.setLevel(level)
+    log.propagate = False

@@ -39,6 +39,7 @@ from ltpa.evaluate import (
     write_json,
 )
 from ltpa.models import LTPAModel
+from ltpa.utils import log as logger
 from ltpa.utils import to_unit_float
 
 __all__ = [
@@ -351,6 +352,6 @@ def run_visualize(checkpoint: str | os.PathLike[str], config: VisualizeConfig) -
         title=model.run_name,
     )
     write_json(out / "attention.json", {"model": model.run_name, "images": records})
-    print(f"{model.run_name}: {len(images)} image(s), panels: {', '.join(records[0]['panels'])}")
-    print(f"wrote {path}")
+    logger.info(f"{model.run_name}: {len(images)} image(s), panels: {', '.join(records[0]['panels'])}")
+    logger.info(f"wrote {path}")
     return path

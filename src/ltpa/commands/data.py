@@ -53,7 +53,9 @@ def add_data_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--split", default=None, help="split to read (default: the dataset's first, train for most)"
     )
     source.add_argument(
+        "--data-option",
         "--option",
+        dest="option",
         action="append",
         default=[],
         metavar="KEY=VALUE",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from ltpa.commands.train import add_speed_args
 from ltpa.demo import DemoConfig, run_demo
@@ -69,4 +70,6 @@ def demo_command(args: argparse.Namespace) -> int:
         overwrite=args.overwrite,
     )
     run_demo(cfg)
+    if not cfg.quiet:
+        print((Path(cfg.out) / "report.md").read_text())
     return 0

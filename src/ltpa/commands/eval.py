@@ -9,6 +9,7 @@ import argparse
 from typing import Any
 
 from ltpa.commands.train import add_data_option_arg
+from ltpa.errors import LTPAError
 
 
 def add_checkpoint_args(parser: argparse.ArgumentParser, *, many: bool = True) -> None:
@@ -21,17 +22,14 @@ def add_checkpoint_args(parser: argparse.ArgumentParser, *, many: bool = True) -
     )
 
 
-def add_data_args(
-    parser: argparse.ArgumentParser, *, default: str | None = None, required: bool = True
-) -> None:
-    """``--data``, ``--root``, ``--split``, ``--limit`` and ``--data-option`` in a "data" group."""
+def add_data_args(parser: argparse.ArgumentParser) -> None:
+    """``--data``, ``--root``, ``--split``, ``--limit`` and ``--data-option`` in a "data" group; without
+    ``--data`` the first checkpoint's training data is used (:func:`data_from_run`)."""
     group = parser.add_argument_group("data")
     group.add_argument(
         "--data",
-        default=default,
-        required=required and default is None,
         metavar="NAME",
-        help="dataset name" + (f" (default {default})" if default else ""),
+        help="dataset name (default: the one the first checkpoint was trained on, with its folder and options)",
     )
     group.add_argument("--root", metavar="DIR", help="dataset folder (default: the dataset's default place)")
     group.add_argument("--split", default="test", help="split to evaluate (default test)")
@@ -51,7 +49,9 @@ def add_run_args(parser: argparse.ArgumentParser, command: str, *, batch_size: i
     group.add_argument(
         "--batch-size", type=int, default=batch_size, help=f"images per batch (default {batch_size})"
     )
-    group.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    group.add_argument(
+        "--device", default="auto", help="auto (default: cuda when available), cpu, cuda, cuda:N"
+    )
     group.add_argument(
         "--which", default="last", choices=("last", "best"), help="checkpoint of a run folder (default last)"
     )
@@ -88,8 +88,24 @@ def map_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {"size": args.size, "gradcam_backend": args.gradcam_backend, "gaussian_sigma": args.gaussian_sigma}
 
 
+def data_from_run(checkpoint: str, which: str = "last") -> tuple[str, str | None, dict[str, Any]]:
+    """``(data, root, data_options)`` a checkpoint was trained with, from its sidecar's config."""
+    from ltpa.checkpoint import read_sidecar
+
+    config = read_sidecar(checkpoint, which).get("config") or {}
+    if not config.get("data"):
+        raise LTPAError(f"{checkpoint} does not record its training data; give --data NAME")
+    return str(config["data"]), config.get("root"), dict(config.get("data_options") or {})
+
+
 def common_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    """Config fields shared by the evaluation commands, from parsed flags."""
+    """Config fields shared by the evaluation commands, from parsed flags (``--data`` defaulting to the first
+    checkpoint's training data, folder and options; ``--data-option`` flags apply on top)."""
+    if args.data is None:
+        first = args.checkpoints[0] if hasattr(args, "checkpoints") else args.checkpoint
+        args.data, root, options = data_from_run(first, args.which)
+        args.root = args.root or root
+        args.data_option = [*options.items(), *args.data_option]
     return {
         "data": args.data,
         "root": args.root,

@@ -28,9 +28,14 @@ def add_localize_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
         ),
     )
     add_checkpoint_args(parser)
-    add_data_args(parser, default="cluttered-digits")
+    add_data_args(parser)
     group = parser.add_argument_group("localisation")
-    group.add_argument("--gradcam", action="store_true", help="also score Grad-CAM of each model")
+    group.add_argument(
+        "--gradcam",
+        action=argparse.BooleanOptionalAction,
+        default=False,
+        help="also score Grad-CAM of each model (default: no)",
+    )
     add_map_args(group)
     add_run_args(parser, "localize", batch_size=128)
     parser.set_defaults(func=localize_command)

@@ -28,12 +28,17 @@ def add_segment_parser(subparsers: argparse._SubParsersAction) -> argparse.Argum
         ),
     )
     add_checkpoint_args(parser)
-    add_data_args(parser, default="object-discovery")
+    add_data_args(parser)
     group = parser.add_argument_group("segmentation")
     group.add_argument(
         "--threshold", type=float, default=0.5, help="fixed threshold on [0, 1] maps (default 0.5)"
     )
-    group.add_argument("--no-gradcam", action="store_true", help="leave out the Grad-CAM baseline")
+    group.add_argument(
+        "--gradcam",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="include the Grad-CAM baseline (default: yes)",
+    )
     add_map_args(group)
     group.add_argument("--examples", type=int, default=6, help="images per example figure (default 6)")
     add_run_args(parser, "segment", batch_size=128)
@@ -48,7 +53,7 @@ def segment_command(args: argparse.Namespace) -> int:
         **common_kwargs(args),
         **map_kwargs(args),
         threshold=args.threshold,
-        gradcam=not args.no_gradcam,
+        gradcam=args.gradcam,
         examples=args.examples,
     )
     run_segment(args.checkpoints, config)

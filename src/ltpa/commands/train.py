@@ -145,15 +145,53 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     run.add_argument(
         "--dry-run", action="store_true", help="print the resolved config, build model and optimiser, exit"
     )
+    add_config_flags(parser.add_argument_group("more config keys (each a TrainConfig field)"), parser)
     parser.set_defaults(func=train_command)
     return parser
 
 
-_FLAG_KEYS = (
-    "model", "data", "root", "subset", "test_subset", "eval_split", "width", "img_size", "preprocess", "init_from", "init_from_head", "epochs",
-    "batch_size", "lr", "augment", "augment_space", "seed", "out", "device", "amp", "channels_last", "threads", "compile",
-    "sync_bn", "checkpoint_every", "tensorboard", "quiet", "overwrite",
-)  # fmt: skip
+# TrainConfig fields given in other forms: model_kwargs and data_options by their repeatable KEY=VALUE flags,
+# preset by --preset.
+_NOT_FLAGS = ("model_kwargs", "data_options", "preset")
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def add_config_flags(group: argparse._ArgumentGroup, parser: argparse.ArgumentParser) -> None:
+    """A flag for every :class:`ltpa.config.TrainConfig` field that has none above, typed from the field, so
+    that every setting of a run can be given on the command line (``--weight-decay``, ``--lr-schedule``...)."""
+    import dataclasses
+    import typing
+
+    from ltpa.config import TrainConfig
+
+    taken = {opt for action in parser._actions for opt in action.option_strings}
+    hints = typing.get_type_hints(TrainConfig)
+    for f in dataclasses.fields(TrainConfig):
+        if f.name in _NOT_FLAGS or _flag(f.name) in taken:
+            continue
+        hint = hints[f.name]
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()  # type: ignore[misc,operator]
+        text = f"config key {f.name} (default {default!r})"
+        args = typing.get_args(hint)
+        if hint is bool:
+            group.add_argument(_flag(f.name), action=argparse.BooleanOptionalAction, default=None, help=text)
+        elif typing.get_origin(hint) is list:
+            group.add_argument(_flag(f.name), nargs="*", type=args[0], metavar="X", default=None, help=text)
+        else:
+            kind = next((a for a in args if a is not type(None)), hint) if args else hint
+            group.add_argument(_flag(f.name), type=kind, default=None, help=text)
+
+
+def config_flag_keys() -> list[str]:
+    """Every TrainConfig field that has a flag: all of them but :data:`_NOT_FLAGS`."""
+    import dataclasses
+
+    from ltpa.config import TrainConfig
+
+    return [f.name for f in dataclasses.fields(TrainConfig) if f.name not in _NOT_FLAGS]
 
 
 def train_command(args: argparse.Namespace) -> int:
@@ -168,7 +206,7 @@ def train_command(args: argparse.Namespace) -> int:
             "say what to train: --model NAME (`ltpa models`), --preset NAME (--list-presets), "
             "--config FILE or --resume RUN_DIR"
         )
-    overrides: dict[str, Any] = {key: getattr(args, key) for key in _FLAG_KEYS}
+    overrides: dict[str, Any] = {key: getattr(args, key) for key in config_flag_keys()}
     if args.model_kwarg:
         overrides["model_kwargs"] = dict(args.model_kwarg)
     if args.data_option:

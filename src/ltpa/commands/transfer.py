@@ -37,9 +37,9 @@ def add_transfer_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     group.add_argument(
         "--data",
         action="append",
-        required=True,
         metavar="NAME",
-        help="dataset name, e.g. image-folder (repeatable)",
+        help="dataset name, e.g. image-folder (repeatable; default: the first checkpoint's training data, "
+        "with its folder and options)",
     )
     group.add_argument(
         "--root",
@@ -74,6 +74,12 @@ def add_transfer_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
 def transfer_command(args: argparse.Namespace) -> int:
     from ltpa.evaluate.transfer import TransferConfig, run_transfer
 
+    if not args.data:
+        from ltpa.commands.eval import data_from_run
+
+        data, root, options = data_from_run(args.checkpoints[0], args.which)
+        args.data, args.root = [data], [root] if root else []
+        args.data_option = [*options.items(), *args.data_option]
     if args.root and len(args.root) != len(args.data):
         raise LTPAError(
             f"{len(args.data)} --data but {len(args.root)} --root; give one --root per --data, in order"

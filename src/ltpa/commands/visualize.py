@@ -21,7 +21,9 @@ def add_visualize_parser(subparsers: argparse._SubParsersAction) -> argparse.Arg
         ),
     )
     add_checkpoint_args(parser, many=False)
-    source = parser.add_argument_group("pictures (give --images, or --data with --count)")
+    source = parser.add_argument_group(
+        "pictures (--images, or --count images of --data, by default the run's own data)"
+    )
     source.add_argument("--images", nargs="+", default=[], metavar="FILE", help="image files")
     source.add_argument("--data", metavar="NAME", help="dataset to take the first --count images from")
     source.add_argument("--root", metavar="DIR", help="its folder")
@@ -30,7 +32,9 @@ def add_visualize_parser(subparsers: argparse._SubParsersAction) -> argparse.Arg
     add_data_option_arg(source, "dataset option (repeatable)")
     maps = parser.add_argument_group("maps")
     maps.add_argument("--cam", metavar="CKPT", help="a vgg_gap checkpoint whose CAM is shown for comparison")
-    maps.add_argument("--no-gradcam", action="store_true", help="leave out Grad-CAM")
+    maps.add_argument(
+        "--gradcam", action=argparse.BooleanOptionalAction, default=True, help="show Grad-CAM (default: yes)"
+    )
     add_gradcam_backend_arg(maps)
     maps.add_argument(
         "--display", type=int, default=192, help="longer side of each picture in pixels (default 192)"
@@ -40,7 +44,9 @@ def add_visualize_parser(subparsers: argparse._SubParsersAction) -> argparse.Arg
     run.add_argument(
         "--out", default="results/visualize", metavar="DIR", help="output folder (default results/visualize)"
     )
-    run.add_argument("--device", default="cpu", help="cpu (default), cuda, cuda:N or auto")
+    run.add_argument(
+        "--device", default="auto", help="auto (default: cuda when available), cpu, cuda, cuda:N"
+    )
     run.add_argument("--which", default="last", choices=("last", "best"), help="checkpoint of a run folder")
     parser.set_defaults(func=visualize_command)
     return parser
@@ -49,6 +55,12 @@ def add_visualize_parser(subparsers: argparse._SubParsersAction) -> argparse.Arg
 def visualize_command(args: argparse.Namespace) -> int:
     from ltpa.visualize import VisualizeConfig, run_visualize
 
+    if not args.images and args.data is None:  # the run's own data, as the other evaluation commands
+        from ltpa.commands.eval import data_from_run
+
+        args.data, root, options = data_from_run(args.checkpoint, args.which)
+        args.root = args.root or root
+        args.data_option = [*options.items(), *args.data_option]
     config = VisualizeConfig(
         images=list(args.images),
         data=args.data,
@@ -57,7 +69,7 @@ def visualize_command(args: argparse.Namespace) -> int:
         count=args.count,
         data_options=dict(args.data_option),
         cam=args.cam,
-        gradcam=not args.no_gradcam,
+        gradcam=args.gradcam,
         gradcam_backend=args.gradcam_backend,
         display=args.display,
         alpha=args.alpha,

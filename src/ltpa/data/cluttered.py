@@ -119,6 +119,89 @@ def _colours(n: int, colour: bool, generator: torch.Generator, low: float, high:
     return (level * (0.3 + 0.7 * hue / hue.amax(dim=1, keepdim=True).clamp_min(1e-6))).view(n, 3, 1, 1)
 
 
+class _Pool(NamedTuple):
+    """The source objects with what the fragment draw needs: tight boxes, and per class a padded table of
+    member indices with the member counts (for a vectorised "random object of class c")."""
+
+    objects: torch.Tensor  # (M, h, w) alpha
+    boxes: torch.Tensor  # (M, 4)
+    table: torch.Tensor  # (classes, max members)
+    counts: torch.Tensor  # (classes,)
+    class_list: torch.Tensor  # the classes present, sorted
+
+
+def _make_pool(
+    objects: torch.Tensor, labels: torch.Tensor, classes: torch.Tensor, per_class_counts: torch.Tensor
+) -> _Pool:
+    """The :class:`_Pool` of ``objects``: class -> padded table of member indices, for a vectorised "random
+    object of class c"."""
+    num_classes = int(labels.max()) + 1
+    counts = torch.zeros(num_classes, dtype=torch.long)
+    counts[classes] = per_class_counts
+    table = torch.zeros(num_classes, int(counts.max()), dtype=torch.long)
+    for c in classes.tolist():
+        members = (labels == c).nonzero().flatten()
+        table[c, : members.numel()] = members
+    return _Pool(objects, _tight_boxes(objects), table, counts, classes)
+
+
+def _render_fragments(
+    pool: _Pool,
+    labels: torch.Tensor,
+    draws: tuple[torch.Tensor, ...],
+    s: int,
+    centres: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(b, k, 1, R, R) alpha of k fragments per image and the (b*k,) ids of their sources.
+
+    Each fragment is a square window (``window_frac`` of its source's longer side) around an ink pixel drawn by
+    alpha (``ink_draw``, an inverse-CDF multinomial) of an object of another class (``shift`` classes on, member
+    ``pick``), drawn at object scale (``frag_side``) at (``frag_x``, ``frag_y``), and cut to its window.
+    """
+    shift, pick, window_frac, frag_side, frag_x, frag_y, ink_draw = draws
+    b, k = shift.shape
+    res = centres.numel()
+    src_h, src_w = pool.objects.shape[1:]
+    position = (torch.searchsorted(pool.class_list, labels).view(b, 1) + shift) % pool.class_list.numel()
+    frag_labels = pool.class_list[position]  # (b, k)
+    frag_ids = pool.table[frag_labels, (pick * pool.counts[frag_labels]).long()].flatten()  # (b*k,)
+    cdf = (pool.objects[frag_ids].flatten(1) + 1e-6).cumsum(dim=1)  # (b*k, h*w)
+    flat = (
+        torch.searchsorted(cdf, (ink_draw * cdf[:, -1]).unsqueeze(1)).squeeze(1).clamp(max=cdf.shape[1] - 1)
+    )
+    fy, fx = (flat // src_w).float() + 0.5, (flat % src_w).float() + 0.5
+    fbox = pool.boxes[frag_ids]
+    longer = torch.maximum(fbox[:, 2] - fbox[:, 0], fbox[:, 3] - fbox[:, 1])
+    window = window_frac * longer  # source px
+    src_win = torch.stack([fx - window / 2, fy - window / 2, fx + window / 2, fy + window / 2], dim=1)
+    cwin = window * s * frag_side / longer
+    fcx, fcy = frag_x * s - cwin / 2, frag_y * s - cwin / 2
+    can_win = torch.stack([fcx, fcy, fcx + cwin, fcy + cwin], dim=1)
+    frag_alpha = _render(pool.objects[frag_ids], _affine(src_win, can_win, (src_h, src_w), s), res)
+    inside_x = (centres.view(1, -1) >= fcx.view(-1, 1)) & (centres.view(1, -1) < (fcx + cwin).view(-1, 1))
+    inside_y = (centres.view(1, -1) >= fcy.view(-1, 1)) & (centres.view(1, -1) < (fcy + cwin).view(-1, 1))
+    frag_alpha = frag_alpha * (inside_y[:, :, None] & inside_x[:, None, :]).unsqueeze(1)
+    return frag_alpha.view(b, k, 1, res, res), frag_ids
+
+
+def _composite(
+    background: torch.Tensor,
+    layers: list[tuple[torch.Tensor, torch.Tensor]],
+    pixel_noise: torch.Tensor,
+    mask_threshold: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """uint8 (b, 3, S, S) images and bool (b, S, S) masks: the background, then each ``(colour, alpha)``
+    layer in order (the last is the object), averaged down from the supersampled canvas, plus noise."""
+    b, res = background.shape[0], layers[-1][1].shape[-1]
+    canvas = background.expand(b, 3, res, res).contiguous()  # (b, 3, R, R)
+    for colour, alpha in layers:
+        canvas.lerp_(colour.expand(b, 3, res, res), alpha)
+    canvas = F.avg_pool2d(canvas, _SUPERSAMPLE) + pixel_noise  # (b, 3, S, S)
+    object_alpha = F.avg_pool2d(layers[-1][1], _SUPERSAMPLE)[:, 0]  # (b, S, S)
+    threshold = torch.clamp(object_alpha.amax(dim=(1, 2)) * 0.5, max=mask_threshold).view(b, 1, 1)
+    return (canvas.clamp(0, 1) * 255).round().to(torch.uint8), object_alpha > threshold
+
+
 def generate_cluttered(
     objects: torch.Tensor,
     object_labels: torch.Tensor,
@@ -183,16 +266,8 @@ def generate_cluttered(
     classes, per_class_counts = torch.unique(object_labels, return_counts=True)
     if num_fragments and classes.numel() < 2:
         raise LTPAError("cluttered: fragments come from other classes, so at least two classes are needed")
-    # class -> padded table of source indices, for vectorised "random object of class c"
-    num_classes = int(object_labels.max()) + 1
-    counts = torch.zeros(num_classes, dtype=torch.long)
-    counts[classes] = per_class_counts
-    table = torch.zeros(num_classes, int(counts.max()), dtype=torch.long)
-    for c in classes.tolist():
-        members = (object_labels == c).nonzero().flatten()
-        table[c, : members.numel()] = members
-    class_list = classes
-    boxes = _tight_boxes(objects)  # (M, 4)
+    pool = _make_pool(objects, object_labels, classes, per_class_counts)
+    boxes, class_list = pool.boxes, pool.class_list
     src_h, src_w = objects.shape[1:]
     s, k, res = img_size, num_fragments, img_size * _SUPERSAMPLE
     generator = torch.Generator().manual_seed(seed)
@@ -231,46 +306,16 @@ def generate_cluttered(
 
         # fragments: random sources of other classes, a window around one of their ink pixels
         if k:
-            position = (torch.searchsorted(class_list, labels).view(b, 1) + shift) % class_list.numel()
-            frag_labels = class_list[position]  # (b, k)
-            frag_ids = table[frag_labels, (pick * counts[frag_labels]).long()].flatten()  # (b*k,)
-            # inverse-CDF draw of an ink pixel, weighted by alpha (a vectorised multinomial)
-            cdf = (objects[frag_ids].flatten(1) + 1e-6).cumsum(dim=1)  # (b*k, h*w)
-            flat = (
-                torch.searchsorted(cdf, (ink_draw * cdf[:, -1]).unsqueeze(1))
-                .squeeze(1)
-                .clamp(max=cdf.shape[1] - 1)
-            )
-            fy, fx = (flat // src_w).float() + 0.5, (flat % src_w).float() + 0.5
-            fbox = boxes[frag_ids]
-            longer = torch.maximum(fbox[:, 2] - fbox[:, 0], fbox[:, 3] - fbox[:, 1])
-            window = window_frac * longer  # source px
-            src_win = torch.stack([fx - window / 2, fy - window / 2, fx + window / 2, fy + window / 2], dim=1)
-            cwin = window * s * frag_side / longer
-            fcx, fcy = frag_x * s - cwin / 2, frag_y * s - cwin / 2
-            can_win = torch.stack([fcx, fcy, fcx + cwin, fcy + cwin], dim=1)
-            frag_alpha = _render(objects[frag_ids], _affine(src_win, can_win, (src_h, src_w), s), res)
-            inside_x = (centres.view(1, -1) >= fcx.view(-1, 1)) & (
-                centres.view(1, -1) < (fcx + cwin).view(-1, 1)
-            )
-            inside_y = (centres.view(1, -1) >= fcy.view(-1, 1)) & (
-                centres.view(1, -1) < (fcy + cwin).view(-1, 1)
-            )
-            frag_alpha = frag_alpha * (inside_y[:, :, None] & inside_x[:, None, :]).unsqueeze(1)
-            frag_alpha = frag_alpha.view(b, k, 1, res, res)
+            frag_draws = (shift, pick, window_frac, frag_side, frag_x, frag_y, ink_draw)
+            frag_alpha, frag_ids = _render_fragments(pool, labels, frag_draws, s, centres)
         else:
             frag_ids = torch.zeros(0, dtype=torch.long)
 
         # composite: background, fragments, object; then antialias and noise
-        canvas = background.expand(b, 3, res, res).contiguous()  # (b, 3, R, R)
-        for j in range(k):
-            canvas.lerp_(frag_colours[:, j].expand(b, 3, res, res), frag_alpha[:, j])
-        canvas.lerp_(obj_colour.expand(b, 3, res, res), alpha)
-        canvas = F.avg_pool2d(canvas, _SUPERSAMPLE) + noise * pixel_noise  # (b, 3, S, S)
-        alpha = F.avg_pool2d(alpha, _SUPERSAMPLE)[:, 0]  # (b, S, S)
-        threshold = torch.clamp(alpha.amax(dim=(1, 2)) * 0.5, max=mask_threshold).view(b, 1, 1)
-        out_images.append((canvas.clamp(0, 1) * 255).round().to(torch.uint8))
-        out_masks.append(alpha > threshold)
+        layers = [(frag_colours[:, j], frag_alpha[:, j]) for j in range(k)] + [(obj_colour, alpha)]
+        images, masks = _composite(background, layers, pixel_noise * noise, mask_threshold)
+        out_images.append(images)
+        out_masks.append(masks)
         out_labels.append(labels)
         out_ids.append(ids)
         out_frag.append(frag_ids.view(b, k))

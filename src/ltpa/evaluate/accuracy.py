@@ -35,6 +35,7 @@ from ltpa.evaluate._data import (
     to_model_input,
 )
 from ltpa.evaluate._results import format_table, save_figure, write_json
+from ltpa.utils import log as logger
 from ltpa.utils import safe_filename
 
 __all__ = [
@@ -268,6 +269,6 @@ def run_eval(checkpoints: Sequence[str | os.PathLike[str]], config: EvalConfig) 
     rows = [
         {"model": name, "n": r.n, "accuracy": r.accuracy, "error": r.error} for name, r in results.items()
     ]
-    print(format_table(rows, ["model", "n", "accuracy", "error"], percent=["accuracy", "error"]))
-    print(f"wrote {out / 'eval.json'} and confusion_*.png")
+    logger.info(format_table(rows, ["model", "n", "accuracy", "error"], percent=["accuracy", "error"]))
+    logger.info(f"wrote {out / 'eval.json'} and confusion_*.png")
     return results

@@ -31,6 +31,7 @@ from ltpa.errors import LTPAError
 from ltpa.evaluate._data import load_checkpoints, masked_data
 from ltpa.evaluate._maps import as_distribution, compute_maps, gaussian_prior, uniform_map
 from ltpa.evaluate._results import format_table, save_figure, write_csv, write_json
+from ltpa.utils import log as logger
 
 __all__ = [
     "LOCALIZE_COLUMNS",
@@ -218,8 +219,8 @@ def run_localize(checkpoints: Sequence[str | os.PathLike[str]], config: Localize
     write_csv(out / "localize.csv", rows, LOCALIZE_COLUMNS)
     write_json(out / "localize.json", report)
     plot_localization(rows, out / "localize.png", title=f"attention localisation on {config.data} (n={n})")
-    print(format_table(rows, LOCALIZE_COLUMNS, percent=LOCALIZE_COLUMNS[2:]))
-    print(
+    logger.info(format_table(rows, LOCALIZE_COLUMNS, percent=LOCALIZE_COLUMNS[2:]))
+    logger.info(
         f"n={n}; object box covers {100 * report['box_area_fraction']:.2f}% of the image, mask "
         f"{100 * report['mask_area_fraction']:.2f}% (the uniform map's scores)\n"
         f"wrote {out / 'localize.csv'} and {out / 'localize.png'}"

@@ -43,6 +43,7 @@ from ltpa.evaluate._data import (
 )
 from ltpa.evaluate._results import format_table, save_figure, write_csv
 from ltpa.evaluate.accuracy import predict
+from ltpa.utils import log as logger
 
 __all__ = [
     "ATTACKS",
@@ -351,6 +352,6 @@ def run_attack(checkpoints: Sequence[str | os.PathLike[str]], config: AttackConf
         rows.extend({"model": model.run_name, **row} for row in sweep)
     write_csv(out / "attack.csv", rows, ATTACK_COLUMNS)
     plot_attack(rows, out / "attack.png")
-    print(format_table(rows, ATTACK_COLUMNS, percent=["accuracy", "fooling_rate"]))
-    print(f"wrote {out / 'attack.csv'} and {out / 'attack.png'}")
+    logger.info(format_table(rows, ATTACK_COLUMNS, percent=["accuracy", "fooling_rate"]))
+    logger.info(f"wrote {out / 'attack.csv'} and {out / 'attack.png'}")
     return rows

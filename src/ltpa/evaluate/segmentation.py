@@ -32,6 +32,7 @@ from ltpa.evaluate._data import MASK_DATASETS, EvalData, load_checkpoints, maske
 from ltpa.evaluate._maps import compute_maps, gaussian_prior, normalize_minmax, uniform_map
 from ltpa.evaluate._results import format_table, save_figure, write_csv
 from ltpa.models import LTPAModel
+from ltpa.utils import log as logger
 from ltpa.utils import safe_filename
 
 __all__ = [
@@ -385,8 +386,8 @@ def run_segment(checkpoints: Sequence[str | os.PathLike[str]], config: SegmentCo
     write_csv(out / "segment.csv", rows, SEGMENT_COLUMNS)
     write_csv(out / "segment_images.csv", image_rows, IMAGE_COLUMNS)
     summary = [r for r in rows if r["class"] == "mean"]
-    print(format_table(summary, ["model", "map", "level", "threshold_rule", "jaccard"]))
-    print(
+    logger.info(format_table(summary, ["model", "map", "level", "threshold_rule", "jaccard"]))
+    logger.info(
         f"(oracle = best threshold per class, an upper bound)\nwrote {out / 'segment.csv'} and segment_*.png"
     )
     return rows

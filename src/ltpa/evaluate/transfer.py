@@ -42,6 +42,7 @@ from ltpa.evaluate._data import (
 )
 from ltpa.evaluate._results import format_table, save_figure, write_csv, write_json
 from ltpa.models import LTPAModel
+from ltpa.utils import log as logger
 from ltpa.utils import safe_filename
 
 __all__ = [
@@ -365,12 +366,12 @@ def run_transfer(
     write_csv(out / "transfer.csv", rows, TRANSFER_COLUMNS)
     write_json(out / "transfer.json", details)
     plot_transfer(rows, out / "transfer.png")
-    print(
+    logger.info(
         format_table(
             details,
             ["model", "dataset", "features", "n_train", "n_test", "C", "accuracy"],
             percent=["accuracy"],
         )
     )
-    print(f"wrote {out / 'transfer.csv'} and {out / 'transfer.png'}")
+    logger.info(f"wrote {out / 'transfer.csv'} and {out / 'transfer.png'}")
     return rows
