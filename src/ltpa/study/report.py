@@ -26,7 +26,15 @@ def headline(res: Results) -> str:
             f"* ({comp.key}) {comp.question}: **{r.verdict}** ({r.diff:+.1f} points, 95% CI "
             f"[{r.ci_low:+.1f}, {r.ci_high:+.1f}], n = {r.n})."
         )
-    return "\n".join(lines) if lines else "* No primary comparison has two paired replicates yet."
+    if not lines:
+        return "* No primary comparison has two paired replicates yet."
+    converged = [res.evals[key]["converged"] for key in res.evals]
+    lines.append(
+        f"* Scale: width-{res.study.design.width} VGGs, {res.study.design.epochs} epochs of "
+        f"{res.study.design.num_train:,} images, {len(res.evals)} runs; {sum(converged)} of {len(converged)} runs "
+        "met the convergence rule (section 1), so these are comparisons at an equal training budget."
+    )
+    return "\n".join(lines)
 
 
 def write_report(study: Study, docs: Path, *, command: str = COMMAND) -> Path:

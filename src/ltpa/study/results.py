@@ -25,7 +25,7 @@ class Results:
     references: dict[int, dict[str, Any]] = field(default_factory=dict)
     histories: dict[tuple[str, int], list[dict[str, Any]]] = field(default_factory=dict)
     pilot: dict[str, Any] = field(default_factory=dict)
-    timing: dict[str, float] = field(default_factory=dict)
+    timing: dict[str, Any] = field(default_factory=dict)
 
     @property
     def arms(self) -> list[str]:

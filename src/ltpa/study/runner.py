@@ -61,13 +61,18 @@ class Study:
     @contextmanager
     def timed(self, stage: str) -> Iterator[None]:
         """Adds the wall time spent inside to ``timing.json[stage]`` (also when interrupted)."""
-        start = time.perf_counter()
+        from ltpa.study.sections.method import source_commit
+
+        start, commit = time.perf_counter(), source_commit()
         try:
             yield
         finally:
             path = self.out / "timing.json"
             timing = json.loads(path.read_text()) if path.exists() else {}
             timing[stage] = round(timing.get(stage, 0.0) + time.perf_counter() - start, 1)
+            commits = timing.setdefault("commits", {}).setdefault(stage, [])
+            if commit not in commits:
+                commits.append(commit)
             path.write_text(json.dumps(timing, indent=1))
 
     def _fit(self, arm: str, replicate: int, lr: float, epochs: int, run_dir: Path) -> None:

@@ -55,17 +55,31 @@ def section(res: Results, out: Output) -> str:
         ["arm", "replicate", "train_accuracy", "val_accuracy", "converged", "train_seconds"],
     )
     unconverged = [f"{r['arm']} r{r['replicate']}" for r in rows if not r["converged"]]
+    changes = [
+        100 * (h[-1]["test_accuracy"] - h[-3]["test_accuracy"]) for h in res.histories.values() if len(h) >= 3
+    ]
+    d = res.study.design
+    p = sum(r["val_accuracy"] for r in rows) / max(len(rows), 1) / 100
+    se = 100 * (p * (1 - p) / d.num_val) ** 0.5
+    trend = (
+        f" Over the last two epochs validation accuracy moved by {sum(changes) / len(changes):+.2f} points on "
+        f"average (from {min(changes):+.2f} to {max(changes):+.2f}); one validation accuracy on "
+        f"{d.num_val:,} images has a standard error of about {se:.1f} points, so the rule also flags noise. "
+        "Where the mean change is clearly positive the runs were still improving when the cosine schedule "
+        "ended: the comparisons below are at an equal training budget, not at a plateau."
+        if changes
+        else ""
+    )
     flag = (
         f"Runs not converged by this rule: {', '.join(unconverged)}."
         if unconverged
         else "Every run converged by this rule."
     )
-    d = res.study.design
     return (
         "## 1. Training and convergence\n\n"
         f"![learning curves]({link})\n\n"
         f"A run counts as converged when its validation accuracy changed by less than {d.converge_points} "
-        f"points over its last two epochs. {flag}\n\n"
+        f"points over its last two epochs. {flag}{trend}\n\n"
         + md_table(
             ["arm", "runs", "final train acc (%)", "final val acc (%)", "converged", "minutes per run"], body
         )
