@@ -132,9 +132,14 @@ def test_cli_export(tmp_path, capsys):
     vgg = ltpa.create_model("vgg_att2_concat_pc", num_classes=3, width=0.125)
     save_checkpoint(tmp_path / "vgg", vgg, epoch=1)
     out = tmp_path / "vgg_ts.pt"
-    args = ["export", str(tmp_path / "vgg.safetensors"), "--format", "torchscript", "--out", str(out)]
-    assert ltpa.cli.main(args) == 0
+    args = ["export", str(tmp_path / "vgg.safetensors"), "--format", "torchscript"]
+    assert ltpa.cli.main([*args, "--file", str(out)]) == 0
     _assert_agrees(vgg.eval(), out, "torchscript", False, 32)
+    # --out is always a folder: the file is named after the checkpoint; a file name there is refused
+    assert ltpa.cli.main([*args, "--out", str(tmp_path / "exports"), "--no-check"]) == 0
+    assert (tmp_path / "exports" / "vgg.pt").is_file()
+    assert ltpa.cli.main([*args, "--out", str(tmp_path / "x.pt")]) == 2
+    assert "--out is a folder" in capsys.readouterr().err and not (tmp_path / "x.pt").exists()
 
     assert ltpa.cli.main(["export", str(tmp_path / "nothing")]) == 2
     assert "no checkpoint at" in capsys.readouterr().err

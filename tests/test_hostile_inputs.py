@@ -579,7 +579,7 @@ def test_export_into_an_unwritable_folder_names_that_folder_not_a_temporary_file
         pytest.skip("root writes anywhere")
     locked = tmp_path / "locked"
     locked.mkdir(mode=0o500)
-    assert main(["export", str(tiny_run), "--no-check", "--out", str(locked / "m.onnx")]) == 2
+    assert main(["export", str(tiny_run), "--no-check", "--file", str(locked / "m.onnx")]) == 2
     err = capsys.readouterr().err
     assert str(locked) in err and ".tmp" not in err and "permission" in err
 

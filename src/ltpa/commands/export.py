@@ -6,6 +6,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from ltpa.errors import LTPAError
 from ltpa.export import FORMATS, onnx_opset_range
 
 
@@ -30,7 +31,13 @@ def add_export_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
         "--with-maps", action="store_true", help="also output the attention map of every level"
     )
     group.add_argument(
-        "--out", help="output file, or folder for hf (default: beside the checkpoint, .onnx, .pt or -hf/)"
+        "--out",
+        metavar="DIR",
+        help="output folder: the export is written there as <checkpoint name>.onnx or .pt; for --format hf the "
+        "folder itself (default: beside the checkpoint)",
+    )
+    group.add_argument(
+        "--file", metavar="PATH", help="exact output file for onnx or torchscript (instead of --out)"
     )
     group.add_argument("--img-size", type=int, help="input side (default: the model's)")
     low, high = onnx_opset_range()
@@ -58,8 +65,21 @@ def export_command(args: argparse.Namespace) -> int:
     from ltpa.export import export_model
 
     stem = resolve_checkpoint(args.checkpoint, args.which)
+    suffix = FORMATS[args.format]
+    if args.file and (args.out or args.format == "hf"):
+        raise LTPAError(
+            "--file names one onnx/torchscript file; drop --out, or use --out DIR for --format hf"
+        )
+    if args.out and Path(args.out).suffix in {s for s in FORMATS.values() if s.startswith(".")}:
+        raise LTPAError(f"--out is a folder, got {args.out}; give an exact file name with --file {args.out}")
     model = load_model(stem)
-    out = Path(args.out) if args.out else stem.with_name(stem.name + FORMATS[args.format])
+    name = stem.parent.name if stem.name in ("last", "best") else stem.name
+    if args.file:
+        out = Path(args.file)
+    elif args.out:
+        out = Path(args.out) if args.format == "hf" else Path(args.out) / f"{name}{suffix}"
+    else:
+        out = stem.with_name(stem.name + suffix)
     path = export_model(
         model,
         out,
