@@ -150,6 +150,7 @@ class _Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
+    owned: bool = False  # this fit() started the process group, and so ends it
 
     @property
     def enabled(self) -> bool:
@@ -167,12 +168,23 @@ def _init_distributed(device: str) -> _Dist:
     import torch.distributed as dist
 
     rank, local_rank = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
-    if not dist.is_initialized():
+    owned = not dist.is_initialized()
+    if owned:
         use_cuda = torch.cuda.is_available() and device in ("auto", "cuda")
         if use_cuda:
             torch.cuda.set_device(local_rank)
         dist.init_process_group(backend="nccl" if use_cuda else "gloo")
-    return _Dist(rank=rank, world=world, local_rank=local_rank)
+    return _Dist(rank=rank, world=world, local_rank=local_rank, owned=owned)
+
+
+def _end_distributed(dist_info: _Dist) -> None:
+    """Ends the process group fit() started: a group left to interpreter shutdown can abort the process
+    ("terminate called without an active exception") after training has finished."""
+    if dist_info.owned:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def _resolve_device(cfg: TrainConfig, dist_info: _Dist) -> torch.device:
@@ -787,6 +799,7 @@ def fit(
     finally:
         if lock is not None:
             lock.release()
+        _end_distributed(dist_info)
 
 
 @dataclass

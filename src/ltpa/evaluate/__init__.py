@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from ltpa.evaluate._data import (
     EvalData,
+    EvalSettings,
     batch_slices,
     eval_mode,
     load_checkpoints,
@@ -81,6 +82,7 @@ __all__ = [
     "AttackConfig",
     "EvalConfig",
     "EvalData",
+    "EvalSettings",
     "LinearProbe",
     "LocalizeConfig",
     "SegmentConfig",

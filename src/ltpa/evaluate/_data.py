@@ -49,6 +49,35 @@ T = TypeVar("T")
 
 
 @dataclass
+class EvalSettings:
+    """What every evaluation command shares: which data, which checkpoint, where and how to run.
+
+    Attributes:
+        data: dataset name.
+        root: its folder (None: the dataset's default place).
+        split: split evaluated.
+        limit: only the first N images.
+        data_options: further ``build_dataset`` options.
+        batch_size: images per forward pass.
+        device: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``.
+        which: ``last`` or ``best`` checkpoint of a run folder.
+        out: output folder.
+        progress: progress bars (None: on a terminal).
+    """
+
+    data: str = "cluttered-digits"
+    root: str | None = None
+    split: str = "test"
+    limit: int | None = None
+    data_options: dict[str, Any] = field(default_factory=dict)
+    batch_size: int = 256
+    device: str = "auto"
+    which: str = "last"
+    out: str = "results"
+    progress: bool | None = None
+
+
+@dataclass
 class EvalData:
     """A labelled evaluation set in memory.
 

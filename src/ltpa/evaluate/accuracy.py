@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from torch import nn
 
 from ltpa.errors import LTPAError
 from ltpa.evaluate._data import (
+    EvalSettings,
     batch_slices,
     data_for_models,
     eval_mode,
@@ -50,7 +51,7 @@ __all__ = [
 
 
 @dataclass
-class EvalConfig:
+class EvalConfig(EvalSettings):
     """Settings of ``ltpa eval``.
 
     Attributes:
@@ -66,16 +67,7 @@ class EvalConfig:
         progress: progress bars (None: on a terminal).
     """
 
-    data: str = "cluttered-digits"
-    root: str | None = None
-    split: str = "test"
-    limit: int | None = None
-    data_options: dict[str, Any] = field(default_factory=dict)
-    batch_size: int = 256
-    device: str = "cpu"
-    which: str = "last"
     out: str = "results/eval"
-    progress: bool | None = None
 
 
 @dataclass

@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ltpa.errors import LTPAError
-from ltpa.evaluate._data import load_checkpoints, masked_data
+from ltpa.evaluate._data import EvalSettings, load_checkpoints, masked_data
 from ltpa.evaluate._maps import as_distribution, compute_maps, gaussian_prior, uniform_map
 from ltpa.evaluate._results import format_table, save_figure, write_csv, write_json
 from ltpa.utils import log as logger
@@ -97,7 +97,7 @@ def localization_scores(maps: torch.Tensor, masks: torch.Tensor) -> dict[str, to
 
 
 @dataclass
-class LocalizeConfig:
+class LocalizeConfig(EvalSettings):
     """Settings of ``ltpa localize``.
 
     Attributes:
@@ -117,20 +117,12 @@ class LocalizeConfig:
         progress: progress bars (None: on a terminal).
     """
 
-    data: str = "cluttered-digits"
-    root: str | None = None
-    split: str = "test"
-    limit: int | None = None
-    data_options: dict[str, Any] = field(default_factory=dict)
     size: int | None = None
     gradcam: bool = False
     gradcam_backend: str = "auto"
     gaussian_sigma: float = 0.25
     batch_size: int = 128
-    device: str = "cpu"
-    which: str = "last"
     out: str = "results/localize"
-    progress: bool | None = None
 
 
 def plot_localization(

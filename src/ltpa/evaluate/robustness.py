@@ -33,6 +33,7 @@ from torch import nn
 
 from ltpa.errors import LTPAError
 from ltpa.evaluate._data import (
+    EvalSettings,
     batch_slices,
     data_for_models,
     eval_mode,
@@ -161,7 +162,7 @@ def pgd(
 
 
 @dataclass
-class AttackConfig:
+class AttackConfig(EvalSettings):
     """Settings of ``ltpa attack``.
 
     Attributes:
@@ -183,22 +184,13 @@ class AttackConfig:
         progress: progress bars (None: on a terminal).
     """
 
-    data: str = "cluttered-digits"
-    root: str | None = None
-    split: str = "test"
-    limit: int | None = None
-    data_options: dict[str, Any] = field(default_factory=dict)
     method: str = "fgsm"
     epsilons: list[float] = field(default_factory=lambda: [0.0, 1.0, 2.0, 4.0, 8.0, 16.0])
     steps: int = 10
     alpha: float | None = None
     random_start: bool = True
     seed: int = 0
-    batch_size: int = 256
-    device: str = "cpu"
-    which: str = "last"
     out: str = "results/attack"
-    progress: bool | None = None
 
 
 def attack_sweep(

@@ -21,14 +21,14 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from ltpa.errors import LTPAError
-from ltpa.evaluate._data import MASK_DATASETS, EvalData, load_checkpoints, masked_data
+from ltpa.evaluate._data import MASK_DATASETS, EvalData, EvalSettings, load_checkpoints, masked_data
 from ltpa.evaluate._maps import compute_maps, gaussian_prior, normalize_minmax, uniform_map
 from ltpa.evaluate._results import format_table, save_figure, write_csv
 from ltpa.models import LTPAModel
@@ -250,7 +250,7 @@ def plot_segmentation(
 
 
 @dataclass
-class SegmentConfig:
+class SegmentConfig(EvalSettings):
     """Settings of ``ltpa segment``.
 
     Attributes:
@@ -274,10 +274,6 @@ class SegmentConfig:
     """
 
     data: str = "object-discovery"
-    root: str | None = None
-    split: str = "test"
-    limit: int | None = None
-    data_options: dict[str, Any] = field(default_factory=dict)
     size: int | None = None
     threshold: float = 0.5
     gradcam: bool = True
@@ -285,10 +281,7 @@ class SegmentConfig:
     gaussian_sigma: float = 0.25
     examples: int = 6
     batch_size: int = 128
-    device: str = "cpu"
-    which: str = "last"
     out: str = "results/segment"
-    progress: bool | None = None
 
 
 def _example_indices(labels: torch.Tensor, count: int) -> torch.Tensor:
