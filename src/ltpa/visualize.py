@@ -9,7 +9,7 @@ scaled per image before it is coloured. Any image file is accepted (any size, gr
 the model sees it resized to its input side, and the maps are drawn over the original picture (shrunk for
 display), so a non-square picture shows where the model looked in its own geometry.
 
-    ltpa visualize runs/att2 --images cat.jpg plane.png --cam runs/gap --out results/visualize
+    ltpa visualize runs/att2 --images cat.jpg plane.png --cam runs/gap --out runs/visualize
 """
 
 from __future__ import annotations
@@ -254,7 +254,7 @@ class VisualizeConfig:
     alpha: float = 0.5
     device: str = "cpu"
     which: str = "last"
-    out: str = "results/visualize"
+    out: str = "runs/visualize"
 
 
 def _pictures(

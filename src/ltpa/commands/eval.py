@@ -42,9 +42,9 @@ def add_run_args(parser: argparse.ArgumentParser, command: str, *, batch_size: i
     group = parser.add_argument_group("run")
     group.add_argument(
         "--out",
-        default=f"results/{command}",
+        default=f"runs/{command}",
         metavar="DIR",
-        help=f"output folder (default results/{command})",
+        help=f"output folder (default runs/{command}, beside the training runs)",
     )
     group.add_argument(
         "--batch-size", type=int, default=batch_size, help=f"images per batch (default {batch_size})"

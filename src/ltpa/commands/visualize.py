@@ -42,7 +42,7 @@ def add_visualize_parser(subparsers: argparse._SubParsersAction) -> argparse.Arg
     maps.add_argument("--alpha", type=float, default=0.5, help="weight of the heat colours (default 0.5)")
     run = parser.add_argument_group("run")
     run.add_argument(
-        "--out", default="results/visualize", metavar="DIR", help="output folder (default results/visualize)"
+        "--out", default="runs/visualize", metavar="DIR", help="output folder (default runs/visualize)"
     )
     run.add_argument(
         "--device", default="auto", help="auto (default: cuda when available), cpu, cuda, cuda:N"

@@ -9,7 +9,7 @@ CIFAR-10 indices, the monkeys dropped, and the prediction taken over all ten CIF
 answer counts as wrong).
 
     from ltpa.evaluate import EvalConfig, run_eval
-    results = run_eval(["runs/att2"], EvalConfig(data="cluttered-digits", out="results/eval"))
+    results = run_eval(["runs/att2"], EvalConfig(data="cluttered-digits", out="runs/eval"))
     results["att2"].accuracy
 """
 
@@ -67,7 +67,7 @@ class EvalConfig(EvalSettings):
         progress: progress bars (None: on a terminal).
     """
 
-    out: str = "results/eval"
+    out: str = "runs/eval"
 
 
 @dataclass

@@ -122,7 +122,7 @@ class LocalizeConfig(EvalSettings):
     gradcam_backend: str = "auto"
     gaussian_sigma: float = 0.25
     batch_size: int = 128
-    out: str = "results/localize"
+    out: str = "runs/localize"
 
 
 def plot_localization(

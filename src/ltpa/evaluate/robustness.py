@@ -190,7 +190,7 @@ class AttackConfig(EvalSettings):
     alpha: float | None = None
     random_start: bool = True
     seed: int = 0
-    out: str = "results/attack"
+    out: str = "runs/attack"
 
 
 def attack_sweep(

@@ -281,7 +281,7 @@ class SegmentConfig(EvalSettings):
     gaussian_sigma: float = 0.25
     examples: int = 6
     batch_size: int = 128
-    out: str = "results/segment"
+    out: str = "runs/segment"
 
 
 def _example_indices(labels: torch.Tensor, count: int) -> torch.Tensor:

@@ -295,7 +295,7 @@ class TransferConfig:
     device: str = "cpu"
     which: str = "last"
     cache: str | None = None
-    out: str = "results/transfer"
+    out: str = "runs/transfer"
     progress: bool | None = None
 
 
