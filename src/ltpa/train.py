@@ -242,9 +242,6 @@ def _augment(cfg: TrainConfig, x: torch.Tensor, gen: torch.Generator) -> torch.T
     return x
 
 
-_to_float = to_unit_float  # uint8 batches to [0, 1] floats
-
-
 # ----------------------------------------------------------------------------------------------- model
 
 
@@ -375,7 +372,7 @@ def _test_metrics(
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     for start in range(0, len(idx), batch_size):
         sel = idx[start : start + batch_size]
-        x = _to_float(images[sel].to(device, non_blocking=True))
+        x = to_unit_float(images[sel].to(device, non_blocking=True))
         y = labels[sel].to(device)
         with autocast(device, amp_dtype):
             logits = model(x)
@@ -995,7 +992,7 @@ def _place_model(
     channels_last, reason = choose_channels_last(
         cfg.channels_last,
         model,
-        _to_float(data.train_x[: cfg.batch_size].to(device)),
+        to_unit_float(data.train_x[: cfg.batch_size].to(device)),
         data.train_y[: cfg.batch_size].to(device),
         device,
         amp_dtype,
@@ -1085,9 +1082,9 @@ def _batch(
     sel = sel[rank * session.per_rank : (rank + 1) * session.per_rank].to(session.device)
     if cfg.augment_space == "normalized":  # augment normalised images (docs/fidelity.md row 2)
         with torch.no_grad():
-            x = _augment(cfg, session.model.preprocess(_to_float(session.train_x[sel])), gen)
+            x = _augment(cfg, session.model.preprocess(to_unit_float(session.train_x[sel])), gen)
     else:
-        x = _to_float(_augment(cfg, session.train_x[sel], gen))
+        x = to_unit_float(_augment(cfg, session.train_x[sel], gen))
     if session.channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     return x, session.train_y[sel]
@@ -1390,7 +1387,7 @@ def _log_tensorboard(
             writer.add_scalar(key, value, epoch)
     was_training = model.training
     model.eval()
-    x = _to_float(data.test_x[:8].to(device))
+    x = to_unit_float(data.test_x[:8].to(device))
     out = model.forward_attention(x)
     for level, a in enumerate(out.maps):
         up = F.interpolate(a[:, None].float(), size=x.shape[-2:], mode="bilinear", align_corners=False)

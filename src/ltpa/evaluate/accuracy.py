@@ -52,20 +52,8 @@ __all__ = [
 
 @dataclass
 class EvalConfig(EvalSettings):
-    """Settings of ``ltpa eval``.
-
-    Attributes:
-        data: dataset name.
-        root: its folder (None: the dataset's default place).
-        split: split evaluated.
-        limit: only the first N images.
-        data_options: further ``build_dataset`` options.
-        batch_size: images per forward pass.
-        device: ``cpu``, ``cuda`` or ``auto``.
-        which: ``last`` or ``best`` checkpoint of a run folder.
-        out: folder for ``eval.json`` and the confusion figures.
-        progress: progress bars (None: on a terminal).
-    """
+    """Settings of ``ltpa eval``: those of :class:`EvalSettings`, with ``out`` the folder for ``eval.json`` and
+    the confusion figures."""
 
     out: str = "runs/eval"
 

@@ -102,14 +102,12 @@ def probe_dim(design: Design) -> int:
 
 def _map_sets(model: Any, arm: str, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Logits and every map of the model: attention levels by layer name, VGG-GAP's CAM, VGG's Grad-CAM."""
-    from ltpa.study.metrics import gradcam_maps, model_maps
+    from ltpa.study.metrics import gradcam_maps, level_maps, model_maps
 
     spec = ARMS[arm]
     if spec.has_attention:
-        maps = {}
-        logits = torch.empty(0)
-        for i, info in enumerate(model.attn_info):
-            logits, maps[info["name"]] = model_maps(model, images, level=i)
+        logits, levels = level_maps(model, images)
+        maps = {info["name"]: m for info, m in zip(model.attn_info, levels)}
         maps["gradcam"] = gradcam_maps(model, images)  # Grad-CAM at conv13 of the same network
         return logits, maps
     if spec.model == "vgg_gap":
@@ -135,30 +133,17 @@ def _predict_split(model: Any, split: Split) -> torch.Tensor:
 
 def _attack_record(model: Any, test: Split, design: Design, replicate: int) -> dict[str, Any]:
     """Per-image correctness: clean, after FGSM at each eps of the grid, after PGD-10 (fewer images)."""
-    from ltpa.evaluate import batch_slices, to_model_input
-    from ltpa.evaluate.robustness import fgsm, pgd
+    from ltpa.study.metrics import attacked_predictions
 
     x = test.images[: design.num_attack]
     y = test.labels[: design.num_attack]
     record: dict[str, Any] = {"clean": _predict_split(model, Split(x, y)) == y, "fgsm": {}, "pgd10": {}}
-    side = int(model.img_size)
     for eps in EPS_GRID:
-        correct = []
-        for sl in batch_slices(len(x), 500):
-            xb = to_model_input(x[sl], side)
-            adv = fgsm(model, xb, y[sl], eps / 255.0)
-            with torch.no_grad():
-                correct.append(model(adv).argmax(1) == y[sl])
-        record["fgsm"][eps] = torch.cat(correct)
+        record["fgsm"][eps] = attacked_predictions(model, x, y, eps / 255.0, "fgsm", 500, None) == y
     gen = torch.Generator().manual_seed(10_000 + replicate)
     xp, yp = x[: design.num_pgd], y[: design.num_pgd]
     for eps in PGD_EPS:
-        correct = []
-        for sl in batch_slices(len(xp), 250):
-            adv = pgd(model, to_model_input(xp[sl], side), yp[sl], eps / 255.0, steps=10, generator=gen)
-            with torch.no_grad():
-                correct.append(model(adv).argmax(1) == yp[sl])
-        record["pgd10"][eps] = torch.cat(correct)
+        record["pgd10"][eps] = attacked_predictions(model, xp, yp, eps / 255.0, "pgd10", 250, gen) == yp
     return record
 
 

@@ -46,6 +46,13 @@ def _mean_band(ax: Any, x: Sequence[float], rows: list[list[float]], arm: str) -
         ax.fill_between(x, mean - sd, mean + sd, color=COLOURS[arm], alpha=0.15, linewidth=0)
 
 
+def _per_arm(ax: Any, res: Results, key: str, x: Sequence[float]) -> None:
+    """One mean ± std line per arm of the evaluations' ``key`` table, read at each ``x``."""
+    for arm in res.arms:
+        rows = [[res.evals[(arm, k)][key][str(v)] for v in x] for k in res.replicates(arm)]
+        _mean_band(ax, x, rows, arm)
+
+
 def learning_curves(res: Results, path: Path) -> Path:
     """Training loss and validation accuracy per epoch, mean ± std over replicates, one line per arm."""
     fig = _figure(10, 3.6)
@@ -68,9 +75,7 @@ def dose_response(res: Results, path: Path) -> Path:
     fig = _figure(5.5, 3.8)
     ax = fig.subplots()
     x = list(DOSE_FRAGMENTS)
-    for arm in res.arms:
-        rows = [[res.evals[(arm, k)]["dose"][str(f)] for f in x] for k in res.replicates(arm)]
-        _mean_band(ax, x, rows, arm)
+    _per_arm(ax, res, "dose", x)
     ax.axvline(4, color="black", linestyle=":", linewidth=1)
     ax.set(xlabel="clutter fragments per image (training: 4)", ylabel="test accuracy (%)", xticks=x)
     ax.set_title("accuracy under more and less clutter")
@@ -83,9 +88,7 @@ def fooling_curves(res: Results, path: Path) -> Path:
     fig = _figure(5.5, 3.8)
     ax = fig.subplots()
     x = list(EPS_GRID)
-    for arm in res.arms:
-        rows = [[res.evals[(arm, k)]["fgsm_accuracy"][str(e)] for e in x] for k in res.replicates(arm)]
-        _mean_band(ax, x, rows, arm)
+    _per_arm(ax, res, "fgsm_accuracy", x)
     ax.set(xlabel="FGSM eps (x 1/255)", ylabel="accuracy under attack (%)", xscale="log", xticks=x)
     ax.set_xticklabels([f"{e:g}" for e in x])
     ax.set_title("FGSM on the first test images")

@@ -51,11 +51,13 @@ __all__ = [
     "REFERENCE_KINDS",
     "area_matched_threshold",
     "attack_accuracy",
+    "attacked_predictions",
     "features",
     "fit_probe",
     "fooling_rate",
     "gradcam_maps",
     "iou_at_area",
+    "level_maps",
     "linear_probe",
     "map_metrics",
     "model_maps",
@@ -279,21 +281,36 @@ def model_maps(
         - images: (N, 3, H, W) uint8 or float [0, 1]
         - output: logits (N, K) and maps (N, h, w) (or (N, size, size)), on the CPU
     """
+    logits, levels = level_maps(model, images, batch_size=batch_size, size=size)
+    return logits, levels[level]
+
+
+def level_maps(
+    model: LTPAModel, images: torch.Tensor, *, batch_size: int = 500, size: int | None = None
+) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Logits and every map of ``forward_attention`` (all attended levels, or VGG-GAP's CAM) in one pass.
+
+    Shape:
+        - images: (N, 3, H, W) uint8 or float [0, 1]
+        - output: logits (N, K) and one (N, h_s, w_s) map per level (or (N, size, size)), on the CPU
+    """
     device = model_device(model)
     side = _input_size(model, images)
-    logits, maps = [], []
+    logits: list[torch.Tensor] = []
+    maps: list[list[torch.Tensor]] = []
     with torch.no_grad(), eval_mode(model):
         for sl in batch_slices(len(images), batch_size):
             out = model.forward_attention(to_model_input(images[sl], side, device))
             if not out.maps:
                 name = getattr(model, "model_name", type(model).__name__)
                 raise LTPAError(f"{name} has no attention maps; use gradcam_maps for it")
-            m = out.maps[level].float()
             logits.append(out.logits.float().cpu())
-            maps.append((upsample(m, size) if size is not None else m).cpu())
+            maps.append(
+                [(upsample(m.float(), size) if size is not None else m.float()).cpu() for m in out.maps]
+            )
     if not logits:
         raise LTPAError("no images to compute maps on")
-    return torch.cat(logits), torch.cat(maps)
+    return torch.cat(logits), [torch.cat(level) for level in zip(*maps)]
 
 
 def gradcam_maps(
@@ -331,7 +348,7 @@ def _predict(model: nn.Module, images: torch.Tensor, batch_size: int) -> torch.T
     return torch.cat(preds) if preds else torch.empty(0, dtype=torch.long)
 
 
-def _attacked_predictions(
+def attacked_predictions(
     model: nn.Module,
     images: torch.Tensor,
     labels: torch.Tensor,
@@ -340,7 +357,12 @@ def _attacked_predictions(
     batch_size: int,
     generator: torch.Generator | None,
 ) -> torch.Tensor:
-    """Predictions on the model's own adversarial images (FGSM, or PGD with 10 steps and a random start)."""
+    """Predictions on the model's own adversarial images (``"fgsm"``, or ``"pgd10"``: PGD with 10 steps and a
+    random start drawn from ``generator``), ``eps`` in [0, 1] pixel units.
+
+    Shape:
+        - images: (N, 3, H, W) uint8 or float [0, 1]; labels: (N,); output: (N,) on the CPU
+    """
     if attack not in ATTACKS:
         raise LTPAError(f"unknown attack {attack!r}; choose one of {', '.join(ATTACKS)}")
     device = model_device(model)
@@ -376,7 +398,7 @@ def attack_accuracy(
     """
     if len(images) == 0:
         return math.nan
-    preds = _attacked_predictions(model, images, labels, eps, attack, batch_size, generator)
+    preds = attacked_predictions(model, images, labels, eps, attack, batch_size, generator)
     return float((preds == labels.cpu()).float().mean())
 
 
@@ -414,7 +436,7 @@ def fooling_rate(
     sub_images, sub_labels = images[idx], labels[idx]
     rates = []
     for model in (model_a, model_b):
-        preds = _attacked_predictions(model, sub_images, sub_labels, eps, attack, batch_size, generator)
+        preds = attacked_predictions(model, sub_images, sub_labels, eps, attack, batch_size, generator)
         rates.append(float((preds != sub_labels).float().mean()))
     return rates[0], rates[1], n
 
