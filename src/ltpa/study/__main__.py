@@ -1,4 +1,4 @@
-"""``python -m ltpa.study``: run the evidence study's stages (see ``ltpa.study.runner``)."""
+"""``python -m ltpa.study``: run the evidence study's stages (``ltpa.study.runner``) and write its report."""
 
 from __future__ import annotations
 
@@ -9,66 +9,84 @@ from pathlib import Path
 
 from ltpa.errors import LTPAError
 
-STAGES = ("pilot", "train", "evaluate", "report")
+STAGE_CHOICES = ("pilot", "main", "double", "plain", "descriptive", "report")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m ltpa.study",
-        description="The paired evidence study of learned attention on cluttered-fashion: pilot, train, "
-        "evaluate, report. Every stage resumes where it stopped; run it again after an interruption.",
+        description="The paired evidence study of trainable attention (docs/results.md): pilot, main, double, "
+        "plain, descriptive, then report. Each stage skips the runs whose records exist and resumes a run "
+        "stopped mid-way from its last epoch: run the same command again after an interruption.",
         allow_abbrev=False,
     )
     parser.add_argument(
-        "stages", nargs="*", choices=[*STAGES, "all"], default=["all"], help="stages to run (default: all)"
+        "stages",
+        nargs="*",
+        metavar="STAGE",
+        help=f"stages to run, in order ({', '.join(STAGE_CHOICES)}; default: all of them)",
     )
-    parser.add_argument("--out", default="runs/study", help="study folder (default: runs/study)")
-    parser.add_argument("--docs", default="docs", help="where results.md and results/ go (default: docs)")
-    parser.add_argument("--threads", type=int, help="CPU threads per training (default: the idle cores)")
+    parser.add_argument(
+        "--records",
+        help="committed records folder (default: docs/results/v3/records, or runs/study-smoke/records with --smoke)",
+    )
+    parser.add_argument(
+        "--out", help="run folders (default: runs/study-v3, or runs/study-smoke with --smoke)"
+    )
+    parser.add_argument("--docs", help="where results.md, results/ and figures/ go (default: docs)")
+    parser.add_argument(
+        "--jobs", type=int, default=2, help="trainings side by side, one process each (default: 2)"
+    )
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads per training (default: 1)")
     parser.add_argument("--device", default="cpu", help="device for training and evaluation (default: cpu)")
     parser.add_argument(
         "--smoke", action="store_true", help="a tiny version of the design, for checking the pipeline"
-    )
-    parser.add_argument(
-        "--arms", nargs="+", help="train and evaluate only these arms (default: all arms of the design)"
     )
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    from ltpa.study.design import ARMS, SMOKE, Design
-    from ltpa.study.runner import Study
+    unknown = [s for s in args.stages if s not in STAGE_CHOICES]
+    if unknown:
+        print(
+            f"error: unknown stage(s) {', '.join(unknown)}; choose from {', '.join(STAGE_CHOICES)}",
+            file=sys.stderr,
+        )
+        return 2
+    if args.jobs < 1 or args.threads < 1:
+        print("error: --jobs and --threads must be at least 1", file=sys.stderr)
+        return 2
+    from ltpa.study.runner import STAGES, Study, default_design
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    base = Path("runs/study-smoke" if args.smoke else "runs/study-v3")
+    records = Path(args.records or (base / "records" if args.smoke else "docs/results/v3/records"))
+    out = Path(args.out or base)
+    docs = Path(args.docs or (base / "docs" if args.smoke else "docs"))
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        print(f"error: cannot create {out}: {err.strerror}; choose another --out", file=sys.stderr)
+        return 1
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(message)s",
         datefmt="%H:%M:%S",
         handlers=[logging.StreamHandler(sys.stderr), logging.FileHandler(out / "study.log")],
     )
-    stages = STAGES if "all" in args.stages else [s for s in STAGES if s in args.stages]
-    unknown = sorted(set(args.arms or ()) - set(ARMS))
-    if unknown:
-        print(f"error: unknown arm(s) {', '.join(unknown)}; choose from {', '.join(ARMS)}", file=sys.stderr)
-        return 2
-    study = Study(out, SMOKE if args.smoke else Design(), threads=args.threads, device=args.device)
+    stages = tuple(args.stages or STAGE_CHOICES)
+    study = Study(
+        records, out, default_design(args.smoke), jobs=args.jobs, threads=args.threads, device=args.device
+    )
     try:
-        for stage in stages:
-            if stage == "pilot":
-                study.pilot()
-            elif stage == "train":
-                study.train(args.arms)
-            elif stage == "evaluate":
-                from ltpa.study.evaluate import evaluate_all
+        train_stages = tuple(s for s in STAGES if s in stages)
+        if train_stages:
+            study.run(train_stages)
+        if "report" in stages:
+            from ltpa.study.report import write_report
 
-                evaluate_all(study, args.arms)
-            else:
-                from ltpa.study.report import write_report
-
-                write_report(study, Path(args.docs))
-    except LTPAError as err:
+            write_report(records, docs, study.design)
+    except (LTPAError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

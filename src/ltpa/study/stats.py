@@ -64,6 +64,7 @@ __all__ = [
     "mean_std",
     "paired_test",
     "result_row",
+    "sign_flip_p",
     "tost_paired",
 ]
 
@@ -417,3 +418,30 @@ def result_row(r: PairedResult, digits: int = 2) -> dict[str, object]:
         "verdict": r.verdict,
         "note": r.note,
     }
+
+
+def sign_flip_p(diffs: FloatSeq) -> float:
+    """Exact two-sided sign-flip (paired permutation) p-value of the mean difference.
+
+    Under the null of no effect each paired difference is as likely to have either sign; the p-value is the
+    share of all ``2^n`` sign assignments whose mean is at least as far from zero as the observed one
+    (``scipy.stats.permutation_test`` with ``permutation_type="samples"``, enumerated exactly). Its smallest
+    possible value is ``2 / 2^n``: 0.0625 for n = 5, 0.03125 for n = 6.
+
+    Raises:
+        ValueError: with fewer than 2 differences or a non-finite one.
+    """
+    d = _as_finite_array(diffs, "diffs")
+    if d.size < 2:
+        raise ValueError(f"a sign-flip test needs at least 2 paired differences, got {d.size}")
+    if np.all(d == 0):
+        return 1.0
+    res = stats.permutation_test(
+        (d,),
+        lambda x, axis: np.mean(x, axis=axis),
+        permutation_type="samples",
+        n_resamples=2 ** int(d.size),
+        alternative="two-sided",
+        vectorized=True,
+    )
+    return float(res.pvalue)
