@@ -99,7 +99,7 @@ def test_from_g_feeds_the_global_feature_to_the_classifier() -> None:
 
 
 def test_unknown_attention_mode_is_refused_with_the_choices() -> None:
-    with pytest.raises(ValueError, match="learned, uniform, frozen, from_g"):
+    with pytest.raises(ValueError, match="learned, uniform, frozen, detached, from_g"):
         LinearAttention(8, 8, mode="soft")
 
 
@@ -159,3 +159,29 @@ def test_cluttered_validation_split_uses_held_out_training_objects() -> None:
         build_dataset("cluttered-digits", split="val", num_val=8)
     with pytest.raises(LTPAError, match="leaves no training objects"):
         build_dataset("cluttered-digits", split="train", num_train=8, holdout=100000)
+
+
+@pytest.mark.parametrize("compatibility", ["pc", "dp", "add"])
+def test_detached_attention_gives_the_map_no_training_signal(compatibility: str) -> None:
+    """Under "detached" no gradient reaches the trunk through the scores: the trunk's gradient equals the one
+    computed with the map held constant, for every compatibility (dp included, where "frozen" changes nothing)."""
+    import ltpa
+
+    torch.manual_seed(0)
+    model = ltpa.create_model(
+        f"vgg_att2_concat_{compatibility}", width=0.0625, init_seed=0, attention_mode="detached"
+    ).train()
+    assert not any(p.requires_grad for p in model.attention.parameters())
+    x = torch.rand(4, 3, 32, 32)
+    y = torch.tensor([0, 1, 2, 3])
+    torch.nn.functional.cross_entropy(model(x), y).backward()
+    trunk = model.block7[0][0].weight
+    assert trunk.grad is not None and torch.count_nonzero(trunk.grad) > 0
+    # the global path feeds only the scores: with them detached it gets no gradient at all
+    assert all(p.grad is None or torch.count_nonzero(p.grad) == 0 for p in model.global_path.parameters())
+    learned = ltpa.create_model(f"vgg_att2_concat_{compatibility}", width=0.0625, init_seed=0).train()
+    torch.nn.functional.cross_entropy(learned(x), y).backward()
+    if compatibility != "pc":  # pc's global path gets no gradient in either mode (method §1.7)
+        assert any(
+            p.grad is not None and torch.count_nonzero(p.grad) > 0 for p in learned.global_path.parameters()
+        )

@@ -41,7 +41,7 @@ COMPATIBILITIES: tuple[str, ...] = ("pc", "dp", "add")
 NORMALIZATIONS: tuple[str, ...] = ("softmax", "sigmoid")
 MATCHES: tuple[str, ...] = ("global", "local")
 # Ablation controls with the learned block's parameters, FLOPs and descriptor width (see LinearAttention).
-ATTENTION_MODES: tuple[str, ...] = ("learned", "uniform", "frozen", "from_g")
+ATTENTION_MODES: tuple[str, ...] = ("learned", "uniform", "frozen", "detached", "from_g")
 
 
 def _pointwise(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
@@ -95,6 +95,12 @@ class LinearAttention(nn.Module):
       (uniform pooling in the same network).
     * ``"frozen"``: every parameter of the block keeps its initial value (``requires_grad=False``): the map
       still depends on the image but is not learned. Batch-norm statistics inside the projection still update.
+      The trunk can still shape the map through it, and under ``dp`` (no parameters when C == D) ``"frozen"`` is
+      the learned model itself.
+    * ``"detached"``: the map gets no training signal at all: the block's parameters are frozen and the scores are
+      computed from detached copies of ``l`` and ``g``, so the loss reaches the trunk only through the pooled
+      descriptor. This is the untrained-attention control for every compatibility, ``dp`` included (its query
+      ``g`` then stays what the initial global path makes of the learned trunk features).
     * ``"from_g"``: the map is computed (and returned) as usual, but the descriptor handed on is the matched
       global feature ``g`` instead of ``sum_i a_i l_i``: the classifier sees the trunk's global feature; the
       block's parameters are frozen, since nothing downstream depends on them.
@@ -110,7 +116,7 @@ class LinearAttention(nn.Module):
         match: which side is projected when C != D: ``"global"`` or ``"local"``.
         drop_rate: dropout on the global feature inside the projection (official: 0.5).
         attn_channels: hidden width of the ``"add"`` compatibility (default: the matched width).
-        mode: ``"learned"``, ``"uniform"``, ``"frozen"`` or ``"from_g"`` (see above).
+        mode: ``"learned"``, ``"uniform"``, ``"frozen"``, ``"detached"`` or ``"from_g"`` (see above).
 
     Shape:
         - local: (B, C, H, W); global: (B, D).
@@ -181,7 +187,7 @@ class LinearAttention(nn.Module):
                     for p in module.parameters():
                         p.zero_()
                         p.requires_grad_(False)
-        elif self.mode in ("frozen", "from_g"):
+        elif self.mode in ("frozen", "detached", "from_g"):
             for p in self.parameters():
                 p.requires_grad_(False)
 
@@ -223,7 +229,9 @@ class LinearAttention(nn.Module):
         self, local_feats: torch.Tensor, global_feat: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         l, g = self._matched(local_feats, global_feat)
-        c = self._scores(l, g)  # (B, H, W)
+        c = (
+            self._scores(l.detach(), g.detach()) if self.mode == "detached" else self._scores(l, g)
+        )  # (B, H, W)
         if self.mode == "uniform":
             c = c * 0.0  # exactly uniform, also for the parameter-free dot product
         b, h, w = c.shape

@@ -88,7 +88,8 @@ class AttnVGG(AttentionModel):
         preprocess: input normalisation preset (``ltpa.preprocess``).
         attention_mode: ``"learned"`` (the paper), or an ablation control with the same parameters, FLOPs and
             head: ``"uniform"`` (exactly uniform maps: uniform pooling), ``"frozen"`` (attention parameters
-            kept at their initial values) or ``"from_g"`` (the classifier sees the global feature g in each
+            kept at their initial values), ``"detached"`` (the map gets no training signal) or ``"from_g"`` (the
+            classifier sees the global feature g in each
             descriptor's place). See :class:`ltpa.attention.LinearAttention`.
         init_seed: draw every layer's initial weights from ``(init_seed, layer name)`` instead of the global
             stream (:func:`ltpa.models.init_official`): models that share layers (conv1-13 across the VGG

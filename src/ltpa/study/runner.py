@@ -271,9 +271,9 @@ class Study:
     @contextmanager
     def timed(self, stage: str) -> Iterator[None]:
         """Adds the wall time spent inside to ``records/timing.json`` under ``stage`` (also when interrupted)."""
-        from ltpa.study.report import source_commit
+        from ltpa.study.report import machine, source_commit
 
-        start, commit = time.perf_counter(), source_commit()
+        start, commit, where = time.perf_counter(), source_commit(), machine()
         try:
             yield
         finally:
@@ -284,6 +284,9 @@ class Study:
             entry["seconds"] = round(entry["seconds"] + time.perf_counter() - start, 1)
             if commit not in entry["commits"]:
                 entry["commits"].append(commit)
+            machines = entry.setdefault("machines", [])
+            if where not in machines:
+                machines.append(where)
             path.write_text(json.dumps(timing, indent=1, sort_keys=True) + "\n")
 
     def execute(self, runs: list[Run]) -> None:
@@ -432,8 +435,9 @@ class Study:
                 arms = [a for a in d.arms if reg.name in a.regimes]
                 runs += [
                     Run("main", reg.name, a.name, k, rates[a.name], d.epochs)
-                    for k in range(d.replicates(a))
+                    for k in range(d.primary_replicates)
                     for a in arms
+                    if k < d.replicates(a)
                 ]
             return runs
         if stage == "descriptive":
