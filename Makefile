@@ -17,8 +17,8 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/ltpa demo
 
-# The paired evidence study behind docs/results.md (about 2 h on an idle 2-core CPU; resumable: run it again
-# after an interruption). Needs Fashion-MNIST (see README).
+# The paired evidence study behind docs/results.md (about 8 h of an idle 2-core CPU, over several sittings:
+# each run again continues where the last stopped). Needs Fashion-MNIST (see README).
 study: $(STAMP)
 	$(BIN)/python -m ltpa.study
 

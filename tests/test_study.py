@@ -89,8 +89,12 @@ def test_attention_mode_controls_work_for_every_compatibility() -> None:
         x = torch.rand(2, 3, 32, 32)
         maps = uniform.forward_attention(x).maps
         assert all(torch.allclose(m, torch.full_like(m, 1.0 / m[0].numel())) for m in maps)
-        assert any(not p.requires_grad for p in frozen.attention.parameters())
-        assert all(p.requires_grad for p in learned.attention.parameters())
+        params = list(frozen.attention.parameters())
+        if compat == "dp":  # no attention parameters at matched widths: "frozen" dp is the learned model
+            assert params == [] and list(learned.attention.parameters()) == []
+        else:
+            assert params and not any(p.requires_grad for p in params)
+            assert all(p.requires_grad for p in learned.attention.parameters())
 
 
 def test_unknown_arm_lists_the_valid_names() -> None:
@@ -338,3 +342,14 @@ def test_committed_results_rebuild_byte_for_byte_from_the_committed_records(tmp_
     assert (tmp_path / "results.md").read_text() == (REPO / "docs" / "results.md").read_text()
     for csv in sorted((tmp_path / "results" / "v3").glob("*.csv")):
         assert csv.read_text() == (REPO / "docs" / "results" / "v3" / csv.name).read_text(), csv.name
+
+
+def test_study_command_line_defaults_to_every_stage_and_refuses_unknown_ones(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from ltpa.study.__main__ import build_parser, main
+
+    assert build_parser().parse_args([]).stages == []  # `make study`: no stage named means all of them
+    assert main(["trian"]) == 2
+    assert "unknown stage(s) trian; choose from pilot, main" in capsys.readouterr().err
+    assert main(["--jobs", "0"]) == 2

@@ -117,7 +117,9 @@ def measure_maps(ctx: RunContext) -> dict[str, Any]:
             "side": side,
             "val_ap": round(_mean(_round(val_ap)), 4),
             "ap": _round(ap),
-            "pointing": bits(pointing_hits(up, ctx.test.masks.bool())),
+            "pointing": _round(
+                pointing_hits(up, ctx.test.masks.bool())
+            ),  # share of tied maxima on the object
         }
     return out
 
@@ -128,12 +130,10 @@ def best_map(record: dict[str, Any]) -> str:
     return max(maps, key=lambda name: (maps[name]["val_ap"], -list(maps).index(name)))
 
 
-def _map_value(record: dict[str, Any], key: str) -> float:
-    entry = record["data"]["measure_maps"][best_map(record)]
-    if key == "pointing":
-        flags = unbits(entry["pointing"])
-        return 100.0 * float(flags.float().mean())
-    return _mean(entry["ap"])
+def _map_value(record: dict[str, Any], key: str, which: str = "best") -> float:
+    maps = record["data"]["measure_maps"]
+    entry = maps[best_map(record) if which == "best" else list(maps)[-1]]
+    return _mean(entry[key])
 
 
 def paired_map_ap(records: Any, comp: Any, replicate: int) -> tuple[float, float]:
@@ -144,6 +144,13 @@ def paired_map_ap(records: Any, comp: Any, replicate: int) -> tuple[float, float
 def paired_map_pointing(records: Any, comp: Any, replicate: int) -> tuple[float, float]:
     ra, rb = records.run(comp.regime, comp.arm_a, replicate), records.run(comp.regime, comp.arm_b, replicate)
     return _map_value(ra, "pointing"), _map_value(rb, "pointing")
+
+
+def paired_map_ap_deepest(records: Any, comp: Any, replicate: int) -> tuple[float, float]:
+    """Pixel AP of each arm's deepest map (the attention models' conv13 and VGG-GAP's CAM are both 8x8 at 32
+    px input): the comparison at equal resolution."""
+    ra, rb = records.run(comp.regime, comp.arm_a, replicate), records.run(comp.regime, comp.arm_b, replicate)
+    return _map_value(ra, "ap", "deepest"), _map_value(rb, "ap", "deepest")
 
 
 def summary_map_ap(record: dict[str, Any], labels: list[int]) -> dict[str, float]:

@@ -139,14 +139,14 @@ def _status(recs: Records, design: Design) -> tuple[str, dict[str, tuple[int, in
         if rates is None:
             counts[stage] = (0, 0)
             continue
-        planned = study.stage_runs(stage, rates)
-        counts[stage] = (sum(study.done(r) for r in planned), len(planned))
+        runs = study.stage_runs(stage, rates)
+        counts[stage] = (sum(study.done(r) for r in runs), len(runs))
     rows = []
     for stage, (done, planned) in counts.items():
         state = "complete" if planned and done == planned else ("not started" if done == 0 else "in progress")
         if stage != "pilot" and rates is None:
             state = "waits for the pilot"
-        rows.append([f"`{stage}`", done, planned if planned else "-", state])
+        rows.append([f"`{stage}`", done, planned or "-", state])
     return _table(["stage", "runs recorded", "runs planned", "state"], rows, "lrrl"), counts
 
 
@@ -327,9 +327,10 @@ def _curves_section(recs: Records, design: Design, out: _Out) -> str:
     text = [
         "## Trained to a plateau?\n",
         f"Rule: a run has plateaued when its training accuracy moved less than {design.plateau_points:g} points over "
-        "the last fifth of its schedule. The budget ("
-        f"{design.epochs} epochs) is twice the pilot's; the twice-the-epochs check below tests whether more "
-        "training would move a verdict.\n",
+        f"the last fifth of its schedule. Budget rule: the main stage trains {design.epochs} epochs, twice the "
+        "pilot's length (so every pilot ran half the final schedule), and no longer, since the whole study must fit "
+        "about 8 hours of a 2-core CPU; where runs do not meet the plateau rule the verdicts hold at this budget "
+        "only, and the twice-the-epochs check below tests whether longer training moves any of them.\n",
         f"**{held} of {total} recorded runs meet the rule.**"
         if total
         else "No main-stage run is recorded yet.",
@@ -438,6 +439,9 @@ def _measure_sections(recs: Records, design: Design, out: _Out) -> str:
         text = [f"## {title}\n"]
         for reg in design.regimes:
             ms = [m for m in members if m.name in reg.measures]
+            ms = [
+                m for i, m in enumerate(ms) if m.summary not in [x.summary for x in ms[:i]]
+            ]  # one table each
             if not ms:
                 continue
             columns: list[str] = []
@@ -481,7 +485,7 @@ def _descriptive_section(recs: Records, design: Design, out: _Out) -> str:
     )  # fmt: skip
 
 
-def _provenance(recs: Records, counts: dict[str, tuple[int, int]]) -> str:
+def _provenance(recs: Records, design: Design) -> str:
     rows = []
     for stage, entry in sorted(recs.timing.items()):
         if not isinstance(entry, dict):
@@ -491,7 +495,7 @@ def _provenance(recs: Records, counts: dict[str, tuple[int, int]]) -> str:
     return "\n".join(
         ["## Provenance\n",
          f"Command: `{COMMAND}` (each stage resumes; `{COMMAND} report` rebuilds this page from the records alone). "
-         "Records: [results/v3/records/](results/v3/records/), one gzipped JSON file per run (settings, per-epoch "
+         f"Records: [results/{design.name}/records/](results/{design.name}/records/), one gzipped JSON file per run (settings, per-epoch "
          "history, per-image predictions, attacked predictions and map scores).\n",
          _table(["stage", "wall time", "code at commit", "machine"], rows, "lrll") if rows else "No timing yet.", ""]
     )  # fmt: skip
@@ -523,7 +527,7 @@ def write_report(records: Path, docs: Path, design: Design) -> Path:
     if not recs.runs:
         raise LTPAError(f"no study records under {records}; run `{COMMAND}` first")
     out = _Out(Path(docs), design.name)
-    status, counts = _status(recs, design)
+    status, _ = _status(recs, design)
     primary, found = _primary_section(recs, design, out)
     d = design
     parts = [
@@ -550,7 +554,7 @@ def write_report(records: Path, docs: Path, design: Design) -> Path:
         _double_section(recs, design, out, found),
         _measure_sections(recs, design, out),
         _descriptive_section(recs, design, out),
-        _provenance(recs, counts),
+        _provenance(recs, design),
     ]
     path = out.docs / "results.md"
     path.parent.mkdir(parents=True, exist_ok=True)

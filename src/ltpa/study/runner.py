@@ -181,12 +181,21 @@ def _train_and_measure(
         "history": history_rows(read_history(folder)),
         "train_seconds": round(train_seconds, 1),
         "threads": threads,
+        "runtime": _runtime(folder),
         "data": {},
     }
     if run.stage != "pilot":
         record["data"] = _measure(design, a, r, run.replicate, model, Path(records))
     write_record(Path(records) / f"{run.key}.json.gz", record)
     return record
+
+
+def _runtime(folder: Path) -> dict[str, Any]:
+    """The precision, memory format and threads the run resolved (its run.json), for the report."""
+    try:
+        return dict(json.loads((folder / "run.json").read_text()).get("runtime", {}))
+    except (OSError, ValueError):
+        return {}
 
 
 _DATA_CACHE: dict[tuple[str, str, int], Any] = {}
