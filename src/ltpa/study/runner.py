@@ -24,7 +24,7 @@ import math
 import os
 import time
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from multiprocessing import get_context
@@ -305,9 +305,7 @@ class Study:
             return
         for r in todo:
             log.info("queue %s (lr %g, %d epochs)", r.key, r.lr, r.epochs)
-        args = [
-            (self.design, r, str(self.run_dir(r)), str(self.records), self.threads, self.device) for r in todo
-        ]
+        args = [self._args(r) for r in todo]
         if self.jobs <= 1:
             for a in args:
                 self._report_done(a[1], _train_and_measure(*a))
@@ -316,6 +314,9 @@ class Study:
             futures = {pool.submit(_train_and_measure, *a): a[1] for a in args}
             for fut, r in futures.items():
                 self._report_done(r, fut.result())
+
+    def _args(self, run: Run) -> tuple[Any, ...]:
+        return (self.design, run, str(self.run_dir(run)), str(self.records), self.threads, self.device)
 
     def _report_done(self, run: Run, record: dict[str, Any]) -> None:
         h = record["history"]
@@ -391,21 +392,45 @@ class Study:
         state.update(lr=best, need=[])
         return state
 
-    def pilot(self) -> dict[str, float]:
-        """Runs pilots until every arm's rate is chosen; returns ``{arm: lr}``."""
+    def pilot_needs(self) -> list[Run]:
+        """Pilot runs still needed, in the design's arm order (a grid extension or a second replicate of an
+        earlier arm comes before the first runs of a later one)."""
         reg = self.pilot_regime().name
+        return [
+            Run("pilot", reg, a.name, k, lr, self.design.pilot_epochs)
+            for a in self.pilot_arms()
+            for lr, k in self.pilot_state(a)["need"]
+        ]
+
+    def pilot(self) -> dict[str, float]:
+        """Runs pilots until every arm's rate is chosen; returns ``{arm: lr}``.
+
+        A slot that frees up takes the first run still needed, so an arm's grid extension starts as soon as its
+        grid so far has finished, instead of after every other arm's."""
         with self.timed("pilot"):
-            while True:
-                states = {a.name: self.pilot_state(a) for a in self.pilot_arms()}
-                need = [
-                    Run("pilot", reg, name, k, lr, self.design.pilot_epochs)
-                    for name, s in states.items()
-                    for lr, k in s["need"]
-                ]
-                if not need:
-                    break
-                self.execute(need)
-        rates = {name: float(s["lr"]) for name, s in states.items()}
+            if self.jobs <= 1:
+                while need := self.pilot_needs():
+                    self.execute(need[:1])
+            else:
+                with ProcessPoolExecutor(max_workers=self.jobs, mp_context=get_context("spawn")) as pool:
+                    inflight: dict[str, tuple[Run, Future[dict[str, Any]]]] = {}
+                    while True:
+                        for run in self.pilot_needs():
+                            if len(inflight) >= self.jobs:
+                                break
+                            if run.key not in inflight:
+                                log.info("start %s (lr %g, %d epochs)", run.key, run.lr, run.epochs)
+                                inflight[run.key] = (run, pool.submit(_train_and_measure, *self._args(run)))
+                        if not inflight:
+                            break
+                        finished, _ = wait([f for _, f in inflight.values()], return_when=FIRST_COMPLETED)
+                        for key, (run, fut) in list(inflight.items()):
+                            if fut in finished:
+                                del inflight[key]
+                                self._report_done(run, fut.result())
+        rates = self.rates()
+        if rates is None:  # pilot_needs() was empty, so every arm has a rate
+            raise RuntimeError("the pilot ended without a rate for every arm")
         log.info("pilot rates: %s", rates)
         return rates
 
