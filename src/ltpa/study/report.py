@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import platform
@@ -487,17 +488,30 @@ def _descriptive_section(recs: Records, design: Design, out: _Out) -> str:
 
 def _provenance(recs: Records, design: Design) -> str:
     rows = []
-    for stage, entry in sorted(recs.timing.items()):
-        if not isinstance(entry, dict):
-            continue
-        rows.append([f"`{stage}`", f"{entry.get('seconds', 0.0) / 3600:.2f} h", ", ".join(entry.get("commits", [])),
-                     "; ".join(entry.get("machines", []))])  # fmt: skip
+    stages = sorted(
+        {key.split("/", 1)[0] for key in recs.runs}
+        | {k for k, v in recs.timing.items() if isinstance(v, dict)}
+    )
+    for stage in stages:
+        runs = [r for key, r in recs.runs.items() if key.startswith(stage + "/")]
+        seconds = sum(float(r.get("train_seconds", 0.0)) for r in runs)
+        entry = recs.timing.get(stage, {}) if isinstance(recs.timing.get(stage), dict) else {}
+        wall = f"{entry['seconds'] / 3600:.2f} h" if entry.get("seconds") else "-"
+        rows.append([f"`{stage}`", len(runs), f"{seconds / 3600:.2f} h", wall, ", ".join(entry.get("commits", [])) or "-",
+                     "; ".join(entry.get("machines", [])) or "-"])  # fmt: skip
+    threads = sorted(
+        {(r.get("threads"), json.dumps(r.get("runtime", {}), sort_keys=True)) for r in recs.runs.values()}
+    )
+    settings = "; ".join(f"{t} thread(s), {rt}" for t, rt in threads)
     return "\n".join(
         ["## Provenance\n",
          f"Command: `{COMMAND}` (each stage resumes; `{COMMAND} report` rebuilds this page from the records alone). "
-         f"Records: [results/{design.name}/records/](results/{design.name}/records/), one gzipped JSON file per run (settings, per-epoch "
-         "history, per-image predictions, attacked predictions and map scores).\n",
-         _table(["stage", "wall time", "code at commit", "machine"], rows, "lrll") if rows else "No timing yet.", ""]
+         f"Records: [results/{design.name}/records/](results/{design.name}/records/), one gzipped JSON file per run "
+         "(settings, per-epoch history, per-image predictions, attacked predictions and map scores). *Run time* adds "
+         "up each run's training and measuring time (runs train side by side, so it exceeds the wall time); "
+         "*wall time* is what the stage's invocations recorded on exit.\n",
+         _table(["stage", "runs", "run time", "wall time", "code at commit", "machine"], rows, "lrrrll") if rows
+         else "No runs yet.", "", f"Per-run settings: {settings}.\n" if settings else ""]
     )  # fmt: skip
 
 

@@ -246,6 +246,19 @@ def _has_maps(model: Any) -> bool:
     return getattr(model, "map_kind", None) in ("attention", "cam")
 
 
+@contextmanager
+def _pool(jobs: int) -> Iterator[ProcessPoolExecutor]:
+    """Worker processes for trainings. On an interruption or error, queued runs are cancelled and the workers
+    are not waited for (each saves its resume state on the same Ctrl-C), so the stage stops at once."""
+    pool = ProcessPoolExecutor(max_workers=jobs, mp_context=get_context("spawn"))
+    try:
+        yield pool
+    except BaseException:
+        pool.shutdown(wait=False, cancel_futures=True)
+        raise
+    pool.shutdown()
+
+
 # ------------------------------------------------------------------------------------------------ the study
 
 
@@ -310,7 +323,7 @@ class Study:
             for a in args:
                 self._report_done(a[1], _train_and_measure(*a))
             return
-        with ProcessPoolExecutor(max_workers=self.jobs, mp_context=get_context("spawn")) as pool:
+        with _pool(self.jobs) as pool:
             futures = {pool.submit(_train_and_measure, *a): a[1] for a in args}
             for fut, r in futures.items():
                 self._report_done(r, fut.result())
@@ -412,7 +425,7 @@ class Study:
                 while need := self.pilot_needs():
                     self.execute(need[:1])
             else:
-                with ProcessPoolExecutor(max_workers=self.jobs, mp_context=get_context("spawn")) as pool:
+                with _pool(self.jobs) as pool:
                     inflight: dict[str, tuple[Run, Future[dict[str, Any]]]] = {}
                     while True:
                         for run in self.pilot_needs():
