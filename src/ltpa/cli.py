@@ -27,6 +27,7 @@ _COMMANDS: tuple[str, ...] = (
     "export",
     "eval",
     "visualize",
+    "predict",
     "attack",
     "segment",
     "localize",

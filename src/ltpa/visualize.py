@@ -45,10 +45,14 @@ from ltpa.utils import to_unit_float
 __all__ = [
     "VisualizeConfig",
     "attention_panels",
+    "class_names",
     "display_size",
+    "heat_label",
     "load_image",
     "overlay",
     "plot_attention_grid",
+    "plot_overlay",
+    "resize_display",
     "run_visualize",
     "save_png",
 ]
@@ -134,7 +138,69 @@ def save_png(array: np.ndarray, path: str | os.PathLike[str]) -> Path:
     return path
 
 
-def _resize_display(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def heat_label(panel: str) -> str:
+    """What the colours of a panel named ``panel`` (as :func:`attention_panels` names them) stand for, for a
+    colour bar."""
+    if panel.startswith("Grad-CAM"):
+        kind = "Grad-CAM"
+    elif panel.startswith("CAM"):
+        kind = "class activation"
+    else:
+        kind = "attention weight"
+    return f"{kind}, scaled per image (0 lowest, 1 highest)"
+
+
+def plot_overlay(
+    image: torch.Tensor,
+    heat: torch.Tensor,
+    path: str | os.PathLike[str],
+    *,
+    panel: str,
+    title: str = "",
+    alpha: float = 0.5,
+) -> Path:
+    """The picture beside one map overlaid on it, with a colour bar saying what the colours mean.
+
+    Args:
+        image: the picture at display size, uint8 RGB.
+        heat: the map, in [0, 1], at the same size.
+        path: PNG to write (atomically).
+        panel: the map's name (a level such as ``conv10``, ``CAM conv13`` or ``Grad-CAM``).
+        title: the figure's title (what the model predicted).
+        alpha: weight of the heat colours.
+
+    Shape:
+        - image: (3, H, W) uint8; heat: (H, W)
+    """
+    from matplotlib.cm import ScalarMappable
+    from matplotlib.colors import Normalize
+    from matplotlib.figure import Figure
+
+    height, width = int(image.shape[1]), int(image.shape[2])
+    aspect = width / height
+    fig = Figure(figsize=(2 * 2.6 * min(aspect, 2.0) + 1.4, 3.3), layout="constrained")
+    ax_image, ax_map = fig.subplots(1, 2)
+    ax_image.imshow(image.permute(1, 2, 0).numpy())
+    ax_image.set_title("image", fontsize=9)
+    ax_map.imshow(overlay(image, heat, alpha=alpha))
+    ax_map.set_title(panel, fontsize=9)
+    for ax in (ax_image, ax_map):
+        ax.axis("off")
+    bar = fig.colorbar(ScalarMappable(Normalize(0.0, 1.0), cmap="jet"), ax=ax_map, fraction=0.05, pad=0.03)
+    bar.set_label(heat_label(panel), fontsize=8)
+    bar.ax.tick_params(labelsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    return save_figure(fig, path)
+
+
+def resize_display(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A uint8 picture resized (bilinear, antialiased) to ``size`` for display.
+
+    Shape:
+        - image: (3, H, W) uint8
+        - output: (3, size[0], size[1]) uint8
+    """
     x = image[None].float() / 255.0
     x = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=True)
     return (x[0].clamp(0, 1) * 255).round().to(torch.uint8)
@@ -148,14 +214,16 @@ def attention_panels(
     cam_model: LTPAModel | None = None,
     gradcam: bool = True,
     gradcam_backend: str = "auto",
+    mean: bool = True,
 ) -> tuple[list[tuple[str, torch.Tensor]], dict[str, Any]]:
     """The maps of one picture, each upsampled to ``size`` and min-max scaled to [0, 1].
 
-    Panels: every attended level (named by ``attn_info``), their mean for two or more levels, the CAM of
-    ``cam_model`` (a ``vgg_gap``) and Grad-CAM of ``model``.
+    Panels: every attended level (named by ``attn_info``), with ``mean`` their mean for two or more levels,
+    the CAM of ``cam_model`` (a ``vgg_gap``) and Grad-CAM of ``model``.
 
     Returns:
-        ``(panels, prediction)``: ``[(title, heat (H, W))]`` and ``{"class": int, "probability": float}``.
+        ``(panels, prediction)``: ``[(title, heat (H, W))]`` and ``{"class": int, "probability": float,
+        "probabilities": (K,) tensor}``.
 
     Shape:
         - image: (3, H0, W0) uint8, any size
@@ -169,7 +237,7 @@ def attention_panels(
         (f"{label} {level}".strip(), normalize_minmax(upsample(m.float(), size))[0].cpu())
         for level, m in maps.items()
     ]
-    if len(panels) >= 2:
+    if mean and len(panels) >= 2:
         panels.append(("mean", normalize_minmax(torch.stack([p for _, p in panels]).mean(dim=0)[None])[0]))
     if cam_model is not None:
         xc = to_model_input(image[None], int(cam_model.img_size), model_device(cam_model))
@@ -181,7 +249,7 @@ def attention_panels(
         heat = grad_cam(model, x, backend=gradcam_backend)
         panels.append(("Grad-CAM", normalize_minmax(upsample(heat, size))[0].cpu()))
     top = int(probs.argmax())
-    return panels, {"class": top, "probability": float(probs[top])}
+    return panels, {"class": top, "probability": float(probs[top]), "probabilities": probs.float().cpu()}
 
 
 def plot_attention_grid(
@@ -283,7 +351,7 @@ def _pictures(
     return [item[0] for item in items], sources, list(dataset.classes), [int(item[1]) for item in items]
 
 
-def _class_names(model: LTPAModel, classes: list[str] | None) -> list[str] | None:
+def class_names(model: LTPAModel, classes: list[str] | None) -> list[str] | None:
     """Names of the model's outputs: from its checkpoint (a ``classes`` list in the sidecar), else the
     dataset's when their number matches, else None (indices are shown)."""
     saved = (getattr(model, "checkpoint", None) or {}).get("classes")
@@ -310,7 +378,7 @@ def run_visualize(checkpoint: str | os.PathLike[str], config: VisualizeConfig) -
         if map_kind(cam_model) != "cam":
             raise LTPAError(f"--cam needs a vgg_gap checkpoint, got {cam_model.model_name} at {config.cam}")
     images, sources, classes, labels = _pictures(config)
-    names = _class_names(model, classes)
+    names = class_names(model, classes)
     originals, all_panels, titles, records = [], [], [], []
     for image, source, label in zip(images, sources, labels):
         size = display_size(int(image.shape[1]), int(image.shape[2]), config.display)
@@ -322,7 +390,7 @@ def run_visualize(checkpoint: str | os.PathLike[str], config: VisualizeConfig) -
             gradcam=config.gradcam,
             gradcam_backend=config.gradcam_backend,
         )
-        shown = _resize_display(image, size)
+        shown = resize_display(image, size)
         originals.append(shown)
         all_panels.append(panels)
         pred_name = names[pred["class"]] if names else str(pred["class"])

@@ -43,11 +43,11 @@ def write_csv(
     return path
 
 
-def save_figure(fig: Any, path: str | os.PathLike[str]) -> Path:
-    """Saves a matplotlib figure as a PNG (100 dpi), creating the folder."""
+def save_figure(fig: Any, path: str | os.PathLike[str], *, dpi: int = 100) -> Path:
+    """Saves a matplotlib figure as a PNG, creating the folder; written atomically, so an interrupted save
+    never leaves half a picture where the previous one was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
     return path
 
 
