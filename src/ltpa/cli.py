@@ -32,6 +32,7 @@ _COMMANDS: tuple[str, ...] = (
     "segment",
     "localize",
     "transfer",
+    "report",
 )
 
 

@@ -346,7 +346,9 @@ def attention_grid_figure(
             if r == 0:
                 ax.set_title(headings[c], fontsize=9)
     bar = fig.colorbar(
-        ScalarMappable(Normalize(0.0, 1.0), cmap="jet"), ax=axes[:, 1:] if cols > 1 else axes, shrink=0.8
+        ScalarMappable(Normalize(0.0, 1.0), cmap="jet"),
+        ax=axes[:, 1:] if cols > 1 else axes,
+        shrink=min(0.8, 2.4 / max(rows, 1)),  # about two rows high, however many rows there are
     )
     bar.set_label("map value\n(scaled per image: 0 lowest, 1 highest)", fontsize=8)
     bar.ax.tick_params(labelsize=7)
