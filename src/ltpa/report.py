@@ -296,9 +296,10 @@ def write_report(
         f'<p class="muted">Generated {generated} from {html.escape(", ".join(str(c) for c in checkpoints))}. '
         f"{html.escape(provenance)}</p>"
     )
-    seeds = ", ".join(str(row[4]) for row in summary_rows)
+    unique_seeds = list(dict.fromkeys(str(row[4]) for row in summary_rows))
+    seeds = f"seed {unique_seeds[0]}" if len(unique_seeds) == 1 else f"seeds {', '.join(unique_seeds)}"
     notes = [
-        f"Every figure here comes from one training run per model (seed {seeds}) and one evaluation: it shows "
+        f"Every figure here comes from one training run per model ({seeds}) and one evaluation: it shows "
         "no spread across seeds. Maps in particular can change noticeably between runs that differ only in "
         "the seed or the number of threads; compare several seeds before drawing conclusions "
         "(docs/results.md reports spreads across seeds).",
