@@ -48,7 +48,14 @@ from ltpa.evaluate._data import data_for_models
 from ltpa.models import LTPAModel
 from ltpa.utils import atomic_write, safe_filename
 from ltpa.utils import log as logger
-from ltpa.visualize import attention_grid_figure, attention_panels, class_names, display_box, resize_display
+from ltpa.visualize import (
+    attention_grid_figure,
+    attention_panels,
+    class_names,
+    display_box,
+    model_label,
+    resize_display,
+)
 
 __all__ = ["ReportConfig", "curves_figure", "read_history", "run_report", "write_report"]
 
@@ -177,7 +184,7 @@ def _maps_figure(model: LTPAModel, data: EvalData, count: int, config: ReportCon
         verdicts.append(pred["class"] == label)
     right = sum(verdicts)
     title = (
-        f"{model.run_name} ({model.model_name}) on {data.name} ({data.split} split): "
+        f"{model_label(model)} on {data.name} ({data.split} split): "
         f"{right} of {len(verdicts)} classified correctly"
     )
     return attention_grid_figure(

@@ -54,6 +54,7 @@ __all__ = [
     "display_size",
     "heat_label",
     "load_image",
+    "model_label",
     "overlay",
     "overlay_figure",
     "plot_attention_grid",
@@ -142,6 +143,12 @@ def save_png(array: np.ndarray, path: str | os.PathLike[str]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.ascontiguousarray(array)).save(path)
     return path
+
+
+def model_label(model: LTPAModel) -> str:
+    """``run (model name)`` for a figure's title, or just the run's name when it is the model's name."""
+    run, name = str(getattr(model, "run_name", model.model_name)), str(model.model_name)
+    return run if run == name else f"{run} ({name})"
 
 
 def heat_label(panel: str) -> str:
@@ -518,7 +525,7 @@ def run_visualize(checkpoint: str | os.PathLike[str], config: VisualizeConfig) -
     where = f" on {config.data} ({config.split} split)" if not config.images else ""
     right = sum(1 for v in verdicts if v)
     score = f", {right} of {len(verdicts)} classified correctly" if not config.images else ""
-    title = f"{model.run_name} ({model.model_name}){where}: {len(originals)} pictures{score}"
+    title = f"{model_label(model)}{where}: {len(originals)} pictures{score}"
     out = Path(config.out)
     path = plot_attention_grid(
         originals,
