@@ -208,7 +208,8 @@ def confusion_figure(result: AccuracyResult, *, title: str = "") -> Any:
                     )
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"{title}  accuracy {100 * result.accuracy:.2f}% (n={result.n})".strip(), fontsize=10)
+    score = f"accuracy {100 * result.accuracy:.2f}% (n={result.n} images)"
+    ax.set_title(f"{title}: {score}" if title else score, fontsize=10)
     fig.tight_layout()
     return fig
 

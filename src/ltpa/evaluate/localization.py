@@ -147,7 +147,7 @@ def localization_figure(rows: Sequence[dict[str, Any]], *, title: str = "") -> A
     from matplotlib.figure import Figure
 
     labels = [f"{r['model']}\n{r['level']}" for r in rows]
-    fig = Figure(figsize=(max(7.0, 0.9 * len(rows) + 2.5), 4.8), layout="constrained")
+    fig = Figure(figsize=(max(6.0, 0.9 * len(rows) + 1.5), 5.4), layout="constrained")
     ax = fig.add_subplot(1, 1, 1)
     width = 0.27
     colours = ("#4c72b0", "#55a868", "#c44e52")
@@ -158,8 +158,8 @@ def localization_figure(rows: Sequence[dict[str, Any]], *, title: str = "") -> A
     ax.set_ylabel("score (%)")
     ax.set_ylim(0, 100)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
-    ax.set_title(title or "attention localisation", fontsize=10)
+    fig.legend(loc="outside lower center", ncols=1, fontsize=8, frameon=False)
+    fig.suptitle(title or "attention localisation", fontsize=10)
     return fig
 
 
