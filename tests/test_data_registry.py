@@ -113,7 +113,20 @@ def test_cli_counts_and_grid(tmp_path: Path, capsys: pytest.CaptureFixture[str])
     out = capsys.readouterr().out
     assert "30 images, 10 classes, masks: True" in out and str(grid) in out
     image = decode_png(read_file(str(grid)))
-    assert image.shape[0] == 3 and image.shape[1] > 3 * 32 and image.shape[2] > 3 * 32
+    assert image.shape[0] in (3, 4) and image.shape[1] > 3 * 32 and image.shape[2] > 3 * 32
+
+
+def test_grid_names_each_image_by_its_class_and_boxes_the_object() -> None:
+    from _figures import assert_readable
+
+    from ltpa.commands.data import sample_grid_figure
+    from ltpa.data import build_dataset
+
+    dataset = build_dataset("cluttered-digits", split="test", num_test=30)
+    fig = sample_grid_figure(dataset, [0, 5, 7], 32, "cluttered-digits, test split: 3 random images of 30")
+    texts = assert_readable(fig)
+    assert texts[:3] == [dataset.classes[int(dataset[i][1])] for i in (0, 5, 7)]
+    assert sum(len(ax.patches) for ax in fig.axes) == 3
 
 
 def test_cli_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -58,3 +58,19 @@ def test_cam_maps_with_negative_values_become_distributions() -> None:
 def test_shapes_must_agree() -> None:
     with pytest.raises(ValueError, match="differ in shape"):
         localization_scores(torch.ones(2, 4, 4), torch.ones(2, 5, 5, dtype=torch.bool))
+
+
+def test_localization_figure_says_what_each_bar_measures() -> None:
+    from _figures import assert_readable
+
+    from ltpa.evaluate.localization import SCORE_LABELS, localization_figure
+
+    rows = [
+        {"model": m, "level": lv, "mass_in_box": 0.4, "mass_in_mask": 0.2, "pointing_accuracy": 0.6}
+        for m, lv in (("att2", "conv10"), ("att2", "conv13"), ("baseline", "uniform"))
+    ]
+    fig = localization_figure(rows, title="attention localisation on cluttered-digits (n=500)")
+    texts = assert_readable(fig)
+    assert set(SCORE_LABELS.values()) <= set(texts)  # words in the legend, not column names
+    assert not {"mass_in_box", "mass_in_mask", "pointing_accuracy", "%"} & set(texts)
+    assert "score (%)" in texts and "att2\nconv13" in texts

@@ -107,3 +107,29 @@ def test_normalize_minmax_is_per_image() -> None:
     out = normalize_minmax(maps)
     assert torch.allclose(out.flatten(1).min(1).values, torch.zeros(2))
     assert torch.allclose(out.flatten(1).max(1).values, torch.ones(2))
+
+
+def test_segmentation_figure_labels_rows_and_columns_and_has_a_colour_bar() -> None:
+    from _figures import assert_readable
+
+    from ltpa.evaluate.segmentation import segmentation_figure
+
+    images = torch.randint(0, 256, (2, 3, 16, 16), dtype=torch.uint8)
+    masks = torch.zeros(2, 16, 16, dtype=torch.bool)
+    masks[:, 4:12, 4:12] = True
+    maps = masks.float() * 0.9 + 0.05
+    titles = ["test image 3\nclass 1", "test image 7\nclass 4"]
+    fig = segmentation_figure(
+        images,
+        maps,
+        masks,
+        threshold=0.5,
+        titles=titles,
+        suptitle="att2: attention conv10",
+        map_name="conv10",
+    )
+    texts = assert_readable(fig)
+    assert all(t in texts for t in titles)
+    assert texts.count("ground truth") == 1 and "conv10 >= 0.5" in texts  # headings once, above the columns
+    assert texts.count("Jaccard 1.00") == 2  # the map binarises to the mask exactly
+    assert "map value" in texts

@@ -464,12 +464,16 @@ def _command(name: str, run: Path, out: Path, folder: Path) -> list[str]:
         "localize": ["localize", str(run), *data],
         "visualize": ["visualize", str(run), *pictures],
         "transfer": ["transfer", str(run), *unseen, "--data-option", "train_fraction=0.5"],
+        "predict": ["predict", str(run), str(sorted(folder.rglob("*.png"))[0])],
+        "report": ["report", str(run), *data, "--examples", "1", "--attack-images", "8", "--eps", "0,2"],
     }[name]
     return [*args, "--out", str(out)]
 
 
 @pytest.mark.usefixtures("single_thread")
-@pytest.mark.parametrize("command", ["eval", "attack", "segment", "localize", "visualize", "transfer"])
+@pytest.mark.parametrize(
+    "command", ["eval", "attack", "segment", "localize", "visualize", "transfer", "predict", "report"]
+)
 def test_evaluation_commands_accept_device_auto(
     command: str, tiny_run: Path, fake_image_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

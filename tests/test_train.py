@@ -303,8 +303,13 @@ def test_demo_writes_summary_report_and_figures(tmp_path):
     accuracy = float((predict(load_model(run), images).argmax(1) == labels).float().mean())
     assert att["test_accuracy"] == pytest.approx(accuracy)
     assert summary["models"]["vgg"]["attention_mass_in_box"] == []
-    for name in ("report.md", "attention_maps.png", "training_curves.png"):
+    for name in ("report.md", "attention_maps.png", "training_curves.png", "report.html"):
         assert (out / name).is_file()
+    assert "**One seed.**" in (out / "report.md").read_text()
+    page = (out / "report.html").read_text()
+    assert "one training run per model (seed 0)" in page and "ltpa demo: 1 epochs" in page
+    assert f"<td>{100 * att['test_accuracy']:.1f}%</td>" in page  # the same 64 test images as the summary
+    assert page.count('<img src="data:image/png;base64,') == 1 + 2 + 2 + 1  # curves, maps, confusions, FGSM
     assert ltpa.cli.main(args) == 0  # a second demo redoes its own runs
 
 

@@ -70,3 +70,73 @@ def test_grid_figure_and_png(tmp_path: Path) -> None:
     png = save_png(overlay(originals[0], panels[0][0][1]), tmp_path / "one.png")
     assert Image.open(png).size == (30, 20)
     assert display_size(100, 50, 192) == (192, 96)
+
+
+def test_grid_labels_rows_names_columns_once_and_clips_nothing() -> None:
+    from _figures import assert_readable
+
+    from ltpa.visualize import attention_grid_figure
+
+    originals = [torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8) for _ in range(3)]
+    panels = [[("conv10", torch.rand(32, 32)), ("conv13", torch.rand(32, 32))] for _ in range(3)]
+    titles = [f"cluttered-digits[{i}]\npredicted 7 (93%)\ntrue {7 if i else 1}" for i in range(3)]
+    fig = attention_grid_figure(
+        originals,
+        panels,
+        row_titles=titles,
+        row_ok=[False, True, True],
+        boxes=[[4, 5, 20, 30], None, None],
+        title="att2 (vgg_att2_concat_pc) on cluttered-digits (test split): 3 pictures, 2 of 3 classified correctly",
+    )
+    texts = assert_readable(fig)
+    assert texts.count("conv10") == 1 and texts.count("image") == 1  # headings once, above the first row
+    assert all(t in texts for t in titles)
+    assert any("scaled per image" in t for t in texts)  # the colour bar says what the colours mean
+    boxes = [p for ax in fig.axes for p in ax.patches]
+    assert len(boxes) == 3  # the first row's box on the picture and on both maps
+    assert boxes[0].get_width() == 16 and boxes[0].get_xy() == (3.5, 4.5)
+    label_colours = {t.get_text(): t.get_color() for ax in fig.axes for t in ax.texts}
+    assert label_colours[titles[0]] != label_colours[titles[1]]  # wrong in red, right in green
+
+
+def test_too_narrow_a_label_column_would_be_caught() -> None:
+    """The readability check itself fails on a figure whose row label sticks out at the left."""
+    from _figures import assert_readable
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(3, 2))
+    ax = fig.add_subplot(1, 1, 1)
+    ax.set_ylabel("a long row label that does not fit", rotation=0, ha="right")
+    with pytest.raises(AssertionError, match="cut off"):
+        assert_readable(fig)
+    fig = Figure(figsize=(3, 2))
+    fig.subplots_adjust(top=0.99)
+    fig.add_subplot(1, 1, 1).set_title("column")
+    fig.suptitle("title")
+    with pytest.raises(AssertionError, match=r"overlap|cut off"):
+        assert_readable(fig)
+
+
+def test_display_box_scales_the_mask_box_to_the_shown_picture() -> None:
+    from ltpa.visualize import display_box
+
+    mask = torch.zeros(16, 20, dtype=torch.bool)
+    mask[4:10, 5:15] = True
+    assert display_box(mask, (32, 40)) == [10.0, 8.0, 30.0, 20.0]
+    assert display_box(torch.zeros(16, 20, dtype=torch.bool), (32, 40)) is None
+    assert display_box(None, (32, 40)) is None
+
+
+def test_overlay_figure_has_a_labelled_colour_bar_and_fits() -> None:
+    from _figures import assert_readable
+
+    from ltpa.visualize import overlay_figure
+
+    image = torch.randint(0, 256, (3, 48, 64), dtype=torch.uint8)
+    fig = overlay_figure(
+        image, torch.rand(48, 64), panel="conv10", title="seven.png: att2 predicts 7 (93.1%)"
+    )
+    texts = assert_readable(fig)
+    assert "conv10" in texts and any(t.startswith("attention weight") for t in texts)
+    fig = overlay_figure(image, torch.rand(48, 64), panel="Grad-CAM", title="x")
+    assert any(t.startswith("Grad-CAM\n") for t in assert_readable(fig))

@@ -27,10 +27,12 @@ _COMMANDS: tuple[str, ...] = (
     "export",
     "eval",
     "visualize",
+    "predict",
     "attack",
     "segment",
     "localize",
     "transfer",
+    "report",
 )
 
 

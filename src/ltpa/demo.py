@@ -15,14 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ltpa.config import TrainConfig
 from ltpa.errors import LTPAError
 from ltpa.models import LTPAModel
 from ltpa.runtime import describe_runtime
 from ltpa.utils import log as logger
-from ltpa.utils import normalize_minmax, to_unit_float
+from ltpa.utils import to_unit_float
 
 __all__ = ["DemoConfig", "run_demo"]
 
@@ -108,57 +107,58 @@ def _evaluate(
     return {"test_accuracy": correct / n, "attention_mass_in_box": [round(float(m) / n, 4) for m in mass]}
 
 
-def _figure_maps(models: dict[str, LTPAModel], images: torch.Tensor, boxes: torch.Tensor, path: Path) -> None:
-    from matplotlib.figure import Figure
-    from matplotlib.patches import Rectangle
+def _figure_maps(
+    models: dict[str, LTPAModel],
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    masks: torch.Tensor,
+    indices: torch.Tensor,
+    classes: list[str],
+    path: Path,
+) -> None:
+    """Per-level maps of the models that have them, on the test images ``indices``, each row labelled with the
+    true class and every model's prediction, the object's box drawn, under one colour bar."""
+    from ltpa.evaluate import save_figure
+    from ltpa.visualize import attention_grid_figure, attention_panels, display_box, resize_display
 
-    x = to_unit_float(images)
-    columns: list[tuple[str, torch.Tensor | None]] = [("image", None)]
-    for name, model in models.items():
-        device = next(model.parameters()).device
-        with torch.no_grad():
-            maps = model.forward_attention(x.to(device)).maps
-        for level, (info, a) in enumerate(zip(model.attn_info, maps)):
-            up = F.interpolate(
-                a[:, None].float().cpu(), size=x.shape[-2:], mode="bilinear", align_corners=False
-            )[:, 0]
-            columns.append((f"{name}\nlevel {level + 1} ({info['name']})", normalize_minmax(up)))
-    rows = len(x)
-    fig = Figure(figsize=(1.6 * len(columns), 1.6 * rows))
-    axes = fig.subplots(rows, len(columns), squeeze=False)
-    for r in range(rows):
-        img = x[r].permute(1, 2, 0).numpy()
-        for c, (title, maps_c) in enumerate(columns):
-            ax = axes[r][c]
-            ax.imshow(img)
-            if maps_c is not None:
-                ax.imshow(maps_c[r].numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1)
-            x0, y0, x1, y1 = (float(v) for v in boxes[r])
-            ax.add_patch(Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, color="white", lw=1))
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(title, fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    size = (96, 96)
+    originals, rows, titles, verdicts, boxes = [], [], [], [], []
+    for i in indices.tolist():
+        image, label = images[i], int(labels[i])
+        row: list[tuple[str, torch.Tensor]] = []
+        lines = [f"test image {i}", f"true {classes[label]}"]
+        right = []
+        for name, model in models.items():
+            panels, pred = attention_panels(model, image, size, gradcam=False, mean=False)
+            row += [(f"{name}\n{level}", heat) for level, heat in panels]
+            lines.append(f"{name}: {classes[pred['class']]} ({100 * pred['probability']:.0f}%)")
+            if panels:
+                right.append(pred["class"] == label)
+        originals.append(resize_display(image, size))
+        rows.append(row)
+        titles.append("\n".join(lines))
+        verdicts.append(all(right) if right else None)
+        boxes.append(display_box(masks[i], size))
+    mapped = [name for name, model in models.items() if model.attn_info]
+    correct = sum(1 for v in verdicts if v)
+    title = (
+        f"maps of {', '.join(mapped)} on {len(indices)} cluttered-digits test images "
+        f"({correct} classified correctly; one seed)"
+    )
+    figure = attention_grid_figure(
+        originals, rows, row_titles=titles, row_ok=verdicts, boxes=boxes, title=title
+    )
+    save_figure(figure, path, dpi=110)
 
 
-def _figure_curves(histories: dict[str, list[dict[str, Any]]], path: Path) -> None:
-    from matplotlib.figure import Figure
+def _figure_curves(histories: dict[str, list[dict[str, Any]]], data: str, path: Path) -> None:
+    """Loss and accuracy per epoch, one colour per model in both panels."""
+    from ltpa.evaluate import save_figure
+    from ltpa.report import curves_figure
 
-    fig = Figure(figsize=(9, 3.4))
-    ax_loss, ax_acc = fig.subplots(1, 2)
-    for name, rows in histories.items():
-        epochs = [r["epoch"] for r in rows]
-        ax_loss.plot(epochs, [r["train_loss"] for r in rows], marker="o", label=name)
-        ax_acc.plot(epochs, [r["test_accuracy"] for r in rows], marker="o", label=f"{name} (test)")
-        ax_acc.plot(epochs, [r["train_accuracy"] for r in rows], ls="--", alpha=0.6, label=f"{name} (train)")
-    ax_loss.set(xlabel="epoch", ylabel="training loss", title="loss")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy", title="accuracy", ylim=(0, 1))
-    ax_loss.legend(fontsize=8)
-    ax_acc.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    figure = curves_figure(histories, title=f"training on {data} (one seed)")
+    if figure is not None:
+        save_figure(figure, path, dpi=110)
 
 
 def _prepare_out(out: Path, names: list[str], overwrite: bool = False) -> None:
@@ -226,8 +226,8 @@ def run_demo(cfg: DemoConfig | None = None) -> dict[str, Any]:
         results[name] = res
 
     pick = torch.arange(0, len(images), max(1, len(images) // 8))[:8]
-    _figure_maps(models, images[pick], boxes[pick], out / "attention_maps.png")
-    _figure_curves(histories, out / "training_curves.png")
+    _figure_maps(models, images, labels, masks, pick, list(test.classes), out / "attention_maps.png")
+    _figure_curves(histories, cfg.data, out / "training_curves.png")
     summary = {
         "wall_seconds": round(time.perf_counter() - start, 1),
         "box_area_fraction": round(float(box_area.mean()), 4),
@@ -238,7 +238,32 @@ def run_demo(cfg: DemoConfig | None = None) -> dict[str, Any]:
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     _write_report(cfg, out, summary, results)
+    _write_html_report(cfg, out, names)
     return summary
+
+
+ONE_SEED_NOTE = (
+    "These figures and numbers come from one seed (one training run per model): they show no spread across "
+    "seeds. Attention maps in particular are not stable: a rerun that differs only in the seed, or even only "
+    "in the number of threads, can move them noticeably (and with them the mass in the box). For spreads "
+    "across seeds see the paired study (docs/results.md)."
+)
+
+
+def _write_html_report(cfg: DemoConfig, out: Path, names: list[str]) -> None:
+    """``report.html``: the two runs side by side (``ltpa report``), with the demo's settings."""
+    from ltpa.report import ReportConfig, write_report
+
+    config = ReportConfig(
+        data=cfg.data,
+        split="test",
+        limit=None,
+        data_options=cfg.train_config(cfg.attention).data_options,
+        device=cfg.device,
+        progress=False,
+        notes=[f"ltpa demo: {cfg.epochs} epochs at width {cfg.width}, seed {cfg.seed}; a short CPU budget."],
+    )
+    write_report([out / name for name in names], out / "report.html", config)
 
 
 def _write_report(cfg: DemoConfig, out: Path, summary: dict[str, Any], results: dict[str, Any]) -> None:
@@ -268,9 +293,14 @@ def _write_report(cfg: DemoConfig, out: Path, summary: dict[str, Any], results: 
         "",
         "![attention maps](attention_maps.png)",
         "",
-        "Attention maps per level (bilinearly upsampled, min-max scaled per image; white: the object's box).",
+        "Attention maps per level (bilinearly upsampled, min-max scaled per image; white: the object's box); "
+        "each row gives the true class and every model's prediction (green: the attention model is right).",
         "",
         "![training curves](training_curves.png)",
+        "",
+        f"**One seed.** {ONE_SEED_NOTE}",
+        "",
+        "The same results as one page, figures included: `report.html` (open it in a browser).",
         "",
     ]
     (out / "report.md").write_text("\n".join(lines))

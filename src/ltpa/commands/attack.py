@@ -7,7 +7,7 @@ import argparse
 from ltpa.commands.eval import add_checkpoint_args, add_data_args, add_run_args, common_kwargs
 
 
-def _epsilons(text: str) -> list[float]:
+def parse_epsilons(text: str) -> list[float]:
     try:
         values = [float(v) for v in text.split(",") if v.strip()]
     except ValueError as err:
@@ -37,7 +37,7 @@ def add_attack_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     group.add_argument("--method", default="fgsm", choices=("fgsm", "pgd"), help="attack (default fgsm)")
     group.add_argument(
         "--eps",
-        type=_epsilons,
+        type=parse_epsilons,
         default=[0.0, 1.0, 2.0, 4.0, 8.0, 16.0],
         metavar="LIST",
         help="budgets in 1/255 units, comma-separated (default 0,1,2,4,8,16)",

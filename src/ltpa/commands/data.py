@@ -12,13 +12,12 @@ Paper: "Learn To Pay Attention", Jetley et al., ICLR 2018, https://arxiv.org/abs
 from __future__ import annotations
 
 import argparse
+import math
 from pathlib import Path
 from typing import Any
 
 import torch
 import yaml
-from torchvision.io import write_png
-from torchvision.utils import draw_bounding_boxes, make_grid
 
 from ltpa.data import (
     boxes_from_masks,
@@ -31,7 +30,7 @@ from ltpa.data import (
 from ltpa.data.augment import resize
 from ltpa.errors import LTPAError
 
-__all__ = ["add_data_parser", "data_command"]
+__all__ = ["add_data_parser", "data_command", "sample_grid_figure"]
 
 
 def add_data_parser(subparsers: Any) -> argparse.ArgumentParser:
@@ -110,29 +109,47 @@ def _list() -> int:
     return 0
 
 
+def sample_grid_figure(dataset: Any, indices: list[int], side: int, title: str) -> Any:
+    """Images ``indices`` of ``dataset`` at ``side`` pixels in a grid, each titled with its class name, the
+    object's box drawn in red where the dataset has masks; a matplotlib ``Figure``."""
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Rectangle
+
+    n = len(indices)
+    cols = max(1, math.ceil(n**0.5))
+    rows = max(1, math.ceil(n / cols))
+    fig = Figure(figsize=(max(1.25 * cols, 4.0), 1.3 * rows + 0.5), layout="constrained")
+    axes = fig.subplots(rows, cols, squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    classes = list(dataset.classes)
+    for ax, i in zip(axes.flat, indices):
+        item = dataset[i]
+        ax.imshow(resize(item[0], side).permute(1, 2, 0).numpy(), interpolation="nearest")
+        label = int(item[1])
+        ax.set_title(classes[label] if 0 <= label < len(classes) else str(label), fontsize=7, pad=2)
+        if len(item) > 2:
+            x0, y0, x1, y1 = (float(v) for v in boxes_from_masks(resize(item[2], side)).view(4))
+            if x1 > x0 and y1 > y0:
+                box = Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor="red", lw=1)
+                ax.add_patch(box)
+    fig.suptitle(title, fontsize=9)
+    return fig
+
+
 def _grid(dataset: Any, info: Any, args: argparse.Namespace, split: str) -> Path:
+    from ltpa.evaluate import save_figure
+
     n = min(args.grid_count, len(dataset))
     if n <= 0:
         raise LTPAError(f"{info.name}: nothing to draw (split {split!r} is empty or --grid-count <= 0)")
     generator = torch.Generator().manual_seed(args.seed)
     picks = torch.randperm(len(dataset), generator=generator)[:n].sort().values.tolist()
     side = args.grid_size or info.img_size
-    factor = max(1, 128 // side)  # small tiles are hard to see: enlarge them by pixel repetition
-    tiles = []
-    for i in picks:
-        item = dataset[i]
-        image = resize(item[0], side).repeat_interleave(factor, dim=1).repeat_interleave(factor, dim=2)
-        if len(item) > 2:
-            box = boxes_from_masks(resize(item[2], side)).view(1, 4) * factor
-            if bool((box[:, 2:] > box[:, :2]).all()):
-                # draw_bounding_boxes takes inclusive corners
-                image = draw_bounding_boxes(image, box - torch.tensor([0, 0, 1, 1]), colors="red", width=1)
-        tiles.append(image)
-    grid = make_grid(torch.stack(tiles), nrow=max(1, round(n**0.5)), padding=2, pad_value=255)
+    boxes = " (red: the object's box)" if dataset.has_masks else ""
+    title = f"{info.name}, {split} split: {n} random images of {len(dataset)}{boxes}"
     path = args.grid if args.grid is not None else Path("runs/data") / f"{info.name}-{split}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_png(grid.contiguous(), str(path))
-    return path
+    return save_figure(sample_grid_figure(dataset, picks, side, title), path)
 
 
 def data_command(args: argparse.Namespace) -> int:

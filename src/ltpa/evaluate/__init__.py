@@ -39,11 +39,12 @@ from ltpa.evaluate._maps import (
     uniform_map,
     upsample,
 )
-from ltpa.evaluate._results import save_figure, write_csv, write_json
+from ltpa.evaluate._results import figure_png, model_colours, save_figure, write_csv, write_json
 from ltpa.evaluate.accuracy import (
     AccuracyResult,
     EvalConfig,
     accuracy_from_predictions,
+    confusion_figure,
     evaluate_accuracy,
     plot_confusion,
     predict,
@@ -56,7 +57,15 @@ from ltpa.evaluate.localization import (
     pointing_hits,
     run_localize,
 )
-from ltpa.evaluate.robustness import AttackConfig, attack_sweep, fgsm, pgd, plot_attack, run_attack
+from ltpa.evaluate.robustness import (
+    AttackConfig,
+    attack_figure,
+    attack_sweep,
+    fgsm,
+    pgd,
+    plot_attack,
+    run_attack,
+)
 from ltpa.evaluate.segmentation import (
     SegmentConfig,
     binarize,
@@ -89,6 +98,7 @@ __all__ = [
     "TransferConfig",
     "accuracy_from_predictions",
     "as_distribution",
+    "attack_figure",
     "attack_sweep",
     "attention_maps",
     "batch_slices",
@@ -96,10 +106,12 @@ __all__ = [
     "cached_features",
     "class_activation_maps",
     "compute_maps",
+    "confusion_figure",
     "eval_mode",
     "evaluate_accuracy",
     "extract_features",
     "fgsm",
+    "figure_png",
     "fit_linear_probe",
     "gaussian_prior",
     "grad_cam",
@@ -110,6 +122,7 @@ __all__ = [
     "load_eval_data",
     "localization_scores",
     "map_kind",
+    "model_colours",
     "model_device",
     "normalize_minmax",
     "object_boxes",

@@ -20,7 +20,19 @@ from typing import Any
 
 from ltpa.utils import atomic_write, json_safe
 
-__all__ = ["format_table", "save_figure", "write_csv", "write_json"]
+__all__ = ["figure_png", "format_table", "model_colours", "save_figure", "write_csv", "write_json"]
+
+# One colour per model, in the order the models are given, the same in every figure of a command or report.
+MODEL_COLOURS: tuple[str, ...] = (
+    "#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf", "#7f7f7f", "#bcbd22",
+)  # fmt: skip
+
+
+def model_colours(names: Sequence[str]) -> dict[str, str]:
+    """A colour per model name, assigned in order (the first model blue, the second red, ...), so that a
+    model keeps its colour in every panel and figure drawn from the same list."""
+    unique = list(dict.fromkeys(names))
+    return {name: MODEL_COLOURS[i % len(MODEL_COLOURS)] for i, name in enumerate(unique)}
 
 
 def _cell(value: Any) -> Any:
@@ -43,12 +55,19 @@ def write_csv(
     return path
 
 
-def save_figure(fig: Any, path: str | os.PathLike[str]) -> Path:
-    """Saves a matplotlib figure as a PNG (100 dpi), creating the folder."""
+def save_figure(fig: Any, path: str | os.PathLike[str], *, dpi: int = 100) -> Path:
+    """Saves a matplotlib figure as a PNG, creating the folder; written atomically, so an interrupted save
+    never leaves half a picture where the previous one was."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
     return path
+
+
+def figure_png(fig: Any, *, dpi: int = 100) -> bytes:
+    """A matplotlib figure as PNG bytes (for pages that embed their pictures)."""
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=dpi, format="png")
+    return buffer.getvalue()
 
 
 def write_json(path: str | os.PathLike[str], data: Any) -> Path:

@@ -43,6 +43,7 @@ __all__ = [
     "AccuracyResult",
     "EvalConfig",
     "accuracy_from_predictions",
+    "confusion_figure",
     "evaluate_accuracy",
     "plot_confusion",
     "predict",
@@ -169,7 +170,13 @@ def evaluate_accuracy(
 
 
 def plot_confusion(result: AccuracyResult, path: str | os.PathLike[str], *, title: str = "") -> Path:
-    """Row-normalised confusion matrix as a PNG (counts written in the cells for up to 12 classes)."""
+    """Writes :func:`confusion_figure` as a PNG (atomically)."""
+    return save_figure(confusion_figure(result, title=title), path)
+
+
+def confusion_figure(result: AccuracyResult, *, title: str = "") -> Any:
+    """Row-normalised confusion matrix (counts written in the cells for up to 12 classes), a matplotlib
+    ``Figure``."""
     from matplotlib.figure import Figure
 
     counts = result.confusion
@@ -201,9 +208,10 @@ def plot_confusion(result: AccuracyResult, path: str | os.PathLike[str], *, titl
                     )
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
-    ax.set_title(f"{title}  accuracy {100 * result.accuracy:.2f}% (n={result.n})".strip(), fontsize=10)
+    score = f"accuracy {100 * result.accuracy:.2f}% (n={result.n} images)"
+    ax.set_title(f"{title}: {score}" if title else score, fontsize=10)
     fig.tight_layout()
-    return save_figure(fig, path)
+    return fig
 
 
 def run_eval(checkpoints: Sequence[str | os.PathLike[str]], config: EvalConfig) -> dict[str, AccuracyResult]:
@@ -244,7 +252,8 @@ def run_eval(checkpoints: Sequence[str | os.PathLike[str]], config: EvalConfig) 
             "split": config.split,
             "options": data.options,
         }
-        plot_confusion(result, out / f"confusion_{safe_filename(model.run_name)}.png", title=model.run_name)
+        title = f"{model.run_name} on {config.data} ({config.split} split)"
+        plot_confusion(result, out / f"confusion_{safe_filename(model.run_name)}.png", title=title)
     write_json(out / "eval.json", report)
     rows = [
         {"model": name, "n": r.n, "accuracy": r.accuracy, "error": r.error} for name, r in results.items()

@@ -36,6 +36,7 @@ from ltpa.utils import log as logger
 __all__ = [
     "LOCALIZE_COLUMNS",
     "LocalizeConfig",
+    "localization_figure",
     "localization_scores",
     "object_boxes",
     "plot_localization",
@@ -125,27 +126,41 @@ class LocalizeConfig(EvalSettings):
     out: str = "runs/localize"
 
 
+# What each score of localize.csv means, for a figure's legend.
+SCORE_LABELS: dict[str, str] = {
+    "mass_in_box": "attention mass inside the object's box",
+    "mass_in_mask": "attention mass on the object's pixels",
+    "pointing_accuracy": "pointing game: maximum on the object (share of images)",
+}
+
+
 def plot_localization(
     rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], *, title: str = ""
 ) -> Path:
-    """Bars of the three scores for every (model, level) row, the baselines last."""
+    """Writes :func:`localization_figure` as a PNG (atomically)."""
+    return save_figure(localization_figure(rows, title=title), path)
+
+
+def localization_figure(rows: Sequence[dict[str, Any]], *, title: str = "") -> Any:
+    """Bars of the three scores for every (model, level) row, the baselines last, with the uniform map's
+    score as the chance level of each; a matplotlib ``Figure``."""
     from matplotlib.figure import Figure
 
     labels = [f"{r['model']}\n{r['level']}" for r in rows]
-    fig = Figure(figsize=(max(6.0, 0.9 * len(rows) + 2.0), 4.2))
+    fig = Figure(figsize=(max(6.0, 0.9 * len(rows) + 1.5), 5.4), layout="constrained")
     ax = fig.add_subplot(1, 1, 1)
     width = 0.27
+    colours = ("#4c72b0", "#55a868", "#c44e52")
     for j, column in enumerate(LOCALIZE_COLUMNS[2:]):
         xs = [i + (j - 1) * width for i in range(len(rows))]
-        ax.bar(xs, [100 * r[column] for r in rows], width=width, label=column)
+        ax.bar(xs, [100 * r[column] for r in rows], width=width, label=SCORE_LABELS[column], color=colours[j])
     ax.set_xticks(range(len(rows)), labels=labels, fontsize=7, rotation=30, ha="right")
-    ax.set_ylabel("%")
+    ax.set_ylabel("score (%)")
     ax.set_ylim(0, 100)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8)
-    ax.set_title(title or "attention localisation", fontsize=10)
-    fig.tight_layout()
-    return save_figure(fig, path)
+    fig.legend(loc="outside lower center", ncols=1, fontsize=8, frameon=False)
+    fig.suptitle(title or "attention localisation", fontsize=10)
+    return fig
 
 
 def _mean_row(model: str, level: str, scores: dict[str, torch.Tensor]) -> dict[str, Any]:

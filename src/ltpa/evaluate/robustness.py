@@ -42,7 +42,7 @@ from ltpa.evaluate._data import (
     progress_bar,
     to_model_input,
 )
-from ltpa.evaluate._results import format_table, save_figure, write_csv
+from ltpa.evaluate._results import format_table, model_colours, save_figure, write_csv
 from ltpa.evaluate.accuracy import predict
 from ltpa.utils import log as logger
 
@@ -50,6 +50,7 @@ __all__ = [
     "ATTACKS",
     "ATTACK_COLUMNS",
     "AttackConfig",
+    "attack_figure",
     "attack_sweep",
     "fgsm",
     "input_gradient",
@@ -279,28 +280,39 @@ def attack_sweep(
 
 
 def plot_attack(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str], *, title: str = "") -> Path:
-    """Accuracy under attack and fooling rate against epsilon, one curve per model (the paper's robustness
-    figure)."""
+    """Writes :func:`attack_figure` as a PNG (atomically)."""
+    return save_figure(attack_figure(rows, title=title), path)
+
+
+def attack_figure(rows: Sequence[dict[str, Any]], *, title: str = "") -> Any:
+    """Accuracy under attack and fooling rate against epsilon, one curve (and one colour) per model (the paper's
+    robustness figure), a matplotlib ``Figure``. The default title names the attack and the number of images."""
     from matplotlib.figure import Figure
 
-    fig = Figure(figsize=(10, 4))
+    fig = Figure(figsize=(10, 4), layout="constrained")
     axes = fig.subplots(1, 2)
     models = list(dict.fromkeys(row["model"] for row in rows))
+    colours = model_colours(models)
     for name in models:
         mine = sorted((r for r in rows if r["model"] == name), key=lambda r: r["eps"])
         eps = [r["eps"] for r in mine]
-        axes[0].plot(eps, [100 * r["accuracy"] for r in mine], marker="o", label=name)
-        axes[1].plot(eps, [100 * r["fooling_rate"] for r in mine], marker="o", label=name)
+        style = {"marker": "o", "label": name, "color": colours[name]}
+        axes[0].plot(eps, [100 * r["accuracy"] for r in mine], **style)
+        axes[1].plot(eps, [100 * r["fooling_rate"] for r in mine], **style)
     for ax, label in zip(axes, ("accuracy under attack (%)", "fooling rate (%)")):
-        ax.set_xlabel("epsilon (1/255)")
+        ax.set_xlabel("epsilon (in 1/255 of the pixel range)")
         ax.set_ylabel(label)
         ax.set_ylim(-2, 102)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
-    method = rows[0]["method"].upper() if rows else ""
-    fig.suptitle(title or f"{method} robustness")
-    fig.tight_layout()
-    return save_figure(fig, path)
+    axes[0].set_title("accuracy on the attacked images", fontsize=9)
+    axes[1].set_title("correctly classified images whose prediction flips", fontsize=9)
+    axes[0].legend(fontsize=8, title="model", title_fontsize=8)
+    if not title and rows:
+        sizes = sorted({int(r["n"]) for r in rows if "n" in r})
+        n = f", n={sizes[0]} images" if len(sizes) == 1 else ""
+        title = f"{rows[0]['method'].upper()} robustness{n}"
+    fig.suptitle(title, fontsize=11)
+    return fig
 
 
 def run_attack(checkpoints: Sequence[str | os.PathLike[str]], config: AttackConfig) -> list[dict[str, Any]]:
@@ -343,7 +355,11 @@ def run_attack(checkpoints: Sequence[str | os.PathLike[str]], config: AttackConf
         )
         rows.extend({"model": model.run_name, **row} for row in sweep)
     write_csv(out / "attack.csv", rows, ATTACK_COLUMNS)
-    plot_attack(rows, out / "attack.png")
+    n = len(datasets[0]) if datasets else 0
+    where = f"{config.data} ({config.split} split)"
+    plot_attack(
+        rows, out / "attack.png", title=f"{config.method.upper()} robustness on {where}, n={n} images"
+    )
     logger.info(format_table(rows, ATTACK_COLUMNS, percent=["accuracy", "fooling_rate"]))
     logger.info(f"wrote {out / 'attack.csv'} and {out / 'attack.png'}")
     return rows

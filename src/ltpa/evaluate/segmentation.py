@@ -46,6 +46,7 @@ __all__ = [
     "plot_segmentation",
     "run_segment",
     "score_segmentation",
+    "segmentation_figure",
     "segmentation_maps",
     "threshold_grid",
 ]
@@ -217,8 +218,27 @@ def plot_segmentation(
     path: str | os.PathLike[str],
     titles: Sequence[str] = (),
     suptitle: str = "",
+    map_name: str = "map",
 ) -> Path:
-    """Example figure: one row per image with the image, the map, its binary mask and the ground truth.
+    """Writes :func:`segmentation_figure` as a PNG (atomically)."""
+    figure = segmentation_figure(
+        images, maps, masks, threshold=threshold, titles=titles, suptitle=suptitle, map_name=map_name
+    )
+    return save_figure(figure, path)
+
+
+def segmentation_figure(
+    images: torch.Tensor,
+    maps: torch.Tensor,
+    masks: torch.Tensor,
+    *,
+    threshold: float,
+    titles: Sequence[str] = (),
+    suptitle: str = "",
+    map_name: str = "map",
+) -> Any:
+    """Example figure: one row per image (labelled at its left) with the image, the map (with a colour bar),
+    its binary mask with its Jaccard index, and the ground truth; a matplotlib ``Figure``.
 
     Shape:
         - images: (R, 3, S, S) uint8; maps: (R, S, S) in [0, 1]; masks: (R, S, S) bool
@@ -226,27 +246,42 @@ def plot_segmentation(
     from matplotlib.figure import Figure
 
     rows = images.shape[0]
-    fig = Figure(figsize=(8, 2.1 * rows + 0.4))
-    axes = fig.subplots(rows, 4, squeeze=False)
+    longest = max((len(line) for t in titles for line in t.splitlines()), default=0)
+    label_width = 0.2 + 0.062 * longest
+    fig = Figure(figsize=(label_width + 8.6, 2.0 * rows + 0.7), layout="constrained")
+    grid = fig.subplots(rows, 5, squeeze=False, width_ratios=[label_width / 2.0, 1, 1, 1, 1])
     pred = binarize(maps, threshold)
     scores = jaccard(pred, masks)
+    headings = ["image", f"{map_name} (scaled to [0, 1])", f"{map_name} >= {threshold:g}", "ground truth"]
+    shown = None
     for r in range(rows):
+        grid[r][0].axis("off")
+        label = titles[r] if r < len(titles) else ""
+        grid[r][0].text(1.0, 0.5, label, fontsize=8, ha="right", va="center", transform=grid[r][0].transAxes)
         panels = [
-            (images[r].permute(1, 2, 0).numpy(), None, titles[r] if r < len(titles) else "image"),
-            (maps[r].numpy(), "jet", "map"),
-            (pred[r].numpy(), "gray", f"map >= {threshold:g}: J={scores[r]:.2f}"),
-            (masks[r].numpy(), "gray", "ground truth"),
+            (images[r].permute(1, 2, 0).numpy(), None),
+            (maps[r].numpy(), "jet"),
+            (pred[r].numpy(), "gray"),
+            (masks[r].numpy(), "gray"),
         ]
-        for ax, (array, cmap, title) in zip(axes[r], panels):
-            ax.imshow(
+        for c, (ax, (array, cmap)) in enumerate(zip(grid[r][1:], panels)):
+            image = ax.imshow(
                 array, cmap=cmap, vmin=0 if cmap else None, vmax=1 if cmap else None, interpolation="nearest"
             )
-            ax.set_title(title, fontsize=8)
-            ax.axis("off")
+            if c == 1:
+                shown = image
+            if r == 0:
+                ax.set_title(headings[c], fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        grid[r][3].set_xlabel(f"Jaccard {scores[r]:.2f}", fontsize=8)
+    if shown is not None:
+        bar = fig.colorbar(shown, ax=grid[:, 2], shrink=min(0.8, 2.4 / max(rows, 1)), location="right")
+        bar.set_label("map value", fontsize=8)
+        bar.ax.tick_params(labelsize=7)
     if suptitle:
         fig.suptitle(suptitle, fontsize=10)
-    fig.tight_layout()
-    return save_figure(fig, path)
+    return fig
 
 
 @dataclass
@@ -341,18 +376,21 @@ def run_segment(checkpoints: Sequence[str | os.PathLike[str]], config: SegmentCo
     rows: list[dict[str, Any]] = []
     image_rows: list[dict[str, Any]] = []
     examples = _example_indices(data.labels, config.examples)
-    titles = [f"#{int(i)} {data.classes[int(data.labels[i])]}" for i in examples]
+    titles = [f"{config.split} image {int(i)}\nclass {data.classes[int(data.labels[i])]}" for i in examples]
 
     def add(model: str, kind: str, level: str, maps: torch.Tensor) -> None:
         class_rows, per_image = _rows_for(model, kind, level, maps, data, masks, config.threshold)
         rows.extend(class_rows)
         image_rows.extend(per_image)
 
-    def figure(name: str, maps: torch.Tensor, title: str) -> None:
+    where = f"{config.data} ({config.split} split)"
+
+    def figure(name: str, maps: torch.Tensor, title: str, map_name: str) -> None:
         if len(examples):
             plot_segmentation(
                 data.images[examples], maps[examples], masks[examples], threshold=config.threshold,
-                path=out / f"segment_{safe_filename(name)}.png", titles=titles, suptitle=title,
+                path=out / f"segment_{safe_filename(name)}.png", titles=titles, map_name=map_name,
+                suptitle=f"{title} on {where}: {len(examples)} of n={len(data)} images",
             )  # fmt: skip
 
     for model in models:
@@ -370,12 +408,12 @@ def run_segment(checkpoints: Sequence[str | os.PathLike[str]], config: SegmentCo
         for (kind, level), m in maps.items():
             add(model.run_name, kind, level, m)
         (kind, level), shown = _primary(maps)
-        figure(model.run_name, shown, f"{model.run_name}: {kind} {level}")
+        figure(model.run_name, shown, f"{model.run_name}: {kind} {level}", f"{kind} {level}")
     n = len(data)
     prior = normalize_minmax(gaussian_prior(size, n, sigma=config.gaussian_sigma))
     add(BASELINE, "gaussian", "-", prior)
     add(BASELINE, "uniform", "-", normalize_minmax(uniform_map(size, n)))
-    figure(BASELINE, prior, "centred Gaussian prior")
+    figure(BASELINE, prior, "centred Gaussian prior", "Gaussian prior")
     write_csv(out / "segment.csv", rows, SEGMENT_COLUMNS)
     write_csv(out / "segment_images.csv", image_rows, IMAGE_COLUMNS)
     summary = [r for r in rows if r["class"] == "mean"]
