@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,12 @@ from ltpa.utils import atomic_write, json_safe
 
 __all__ = [
     "atomic_write",
+    "check_finite",
     "checkpoint_paths",
+    "first_non_finite",
     "load_model",
     "read_sidecar",
+    "read_weights",
     "resolve_checkpoint",
     "save_checkpoint",
 ]
@@ -35,6 +39,47 @@ def checkpoint_paths(stem: str | os.PathLike[str]) -> tuple[Path, Path]:
     """``(<stem>.safetensors, <stem>.json)``."""
     stem = Path(stem)
     return stem.with_name(stem.name + ".safetensors"), stem.with_name(stem.name + ".json")
+
+
+def first_non_finite(state: Mapping[str, torch.Tensor]) -> str | None:
+    """The name of the first floating-point tensor of ``state`` holding an inf or NaN, or ``None``."""
+    for name, tensor in state.items():
+        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+            return name
+    return None
+
+
+def check_finite(state: Mapping[str, torch.Tensor], source: str | os.PathLike[str]) -> None:
+    """Refuses weights read from ``source`` that hold an inf or NaN (ltpa never saves such weights, so they
+    were edited or damaged): a model built from them would answer, but with nonsense.
+
+    Raises:
+        LTPAError: naming ``source`` and the first non-finite tensor.
+    """
+    bad = first_non_finite(state)
+    if bad is not None:
+        raise LTPAError(
+            f"weights {os.fspath(source)} hold inf or NaN values in {bad}; the file is damaged or was edited "
+            "(ltpa never saves non-finite weights): restore it or train again"
+        )
+
+
+def read_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file, on the CPU, checked to be finite: what every reader of weights in
+    ltpa (checkpoints, pretrained folders, ``--init-from``, ``--resume``, backbone files) goes through.
+
+    Raises:
+        LTPAError: a file that is missing, truncated or not safetensors, or that holds an inf or NaN.
+    """
+    try:
+        state = load_file(os.fspath(path), device="cpu")
+    except Exception as err:  # safetensors raises its own error types for truncated or foreign files
+        detail = str(err).splitlines()[0] if str(err) else type(err).__name__
+        raise LTPAError(
+            f"cannot read weights {os.fspath(path)}: {detail}; the file is truncated or not safetensors"
+        ) from err
+    check_finite(state, path)
+    return state
 
 
 def save_checkpoint(
@@ -128,13 +173,8 @@ def load_model(
     stem = resolve_checkpoint(path, which)
     meta = read_sidecar(stem)
     weights, _ = checkpoint_paths(stem)
+    state = read_weights(weights)
     model = create_model(meta["model_name"], **meta.get("model_kwargs", {}))
-    try:
-        state = load_file(str(weights), device="cpu")
-    except Exception as err:  # safetensors raises its own error types for truncated or foreign files
-        raise LTPAError(
-            f"cannot read weights {weights}: {err}; the file is truncated or not safetensors"
-        ) from err
     own = model.state_dict()
     clash = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
     if clash:  # e.g. a sidecar edited to another num_classes or width than the weights were saved with

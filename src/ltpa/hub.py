@@ -318,14 +318,9 @@ def load_pretrained_weights(model: nn.Module, files: PretrainedFiles) -> None:
     Raises:
         LTPAError: unreadable weights, or weights that do not fit the model.
     """
-    from safetensors.torch import load_file
+    from ltpa.checkpoint import read_weights
 
-    try:
-        state = load_file(str(files.weights), device="cpu")
-    except Exception as err:  # safetensors raises its own error types for truncated or foreign files
-        raise LTPAError(
-            f"cannot read weights of {files.source}: {err}; the file is truncated or not safetensors"
-        ) from err
+    state = read_weights(files.weights)
     saved_classes = files.config.get("num_classes")
     reset = saved_classes is not None and saved_classes != getattr(model, "num_classes", saved_classes)
     fresh = set(_classifier_keys(model)) if reset else set()

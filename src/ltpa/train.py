@@ -44,10 +44,10 @@ import torch
 import torch.nn.functional as F
 import yaml
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from torch import nn
 
-from ltpa.checkpoint import atomic_write, save_checkpoint
+from ltpa.checkpoint import atomic_write, first_non_finite, read_weights, save_checkpoint
 from ltpa.config import TrainConfig, _check_keys, _check_types, _validate
 from ltpa.errors import LTPAError
 from ltpa.models import LTPAModel, create_model
@@ -318,7 +318,7 @@ def _init_from(model: LTPAModel, path: str, head: str = "keep") -> int:
     from ltpa.checkpoint import checkpoint_paths, resolve_checkpoint
 
     weights, _ = checkpoint_paths(resolve_checkpoint(path))
-    source = load_file(str(weights))
+    source = read_weights(weights)
     own = model.state_dict()
     skip = ["preprocess."]
     if head == "fresh":
@@ -679,10 +679,7 @@ def _resume_config(
 
 def _load_resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     meta = _read_resume_meta(path)
-    try:
-        tensors = load_file(str(path))
-    except Exception as err:  # safetensors' own error types for truncated or foreign files
-        raise LTPAError(f"cannot read resume state {path}: {err}") from err
+    tensors = read_weights(path)  # model and optimiser state, checked to be finite
     model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
@@ -1255,13 +1252,6 @@ def eval_collapse(train_accuracy: float, eval_accuracy: float, num_classes: int)
     return train_accuracy > 2 * chance and eval_accuracy < min(0.5 * train_accuracy, 2 * chance)
 
 
-def _first_non_finite(model: nn.Module) -> str | None:
-    for name, tensor in model.state_dict().items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            return name
-    return None
-
-
 def _saved_epoch(run_dir: Path) -> int | None:
     try:
         epoch = json.loads((run_dir / "last.json").read_text()).get("epoch")
@@ -1279,7 +1269,7 @@ def _kept_note(run_dir: Path) -> str:
 
 def _check_finite(model: nn.Module, epoch: int, run_dir: Path) -> None:
     """Refuses to save a state with an inf or NaN tensor (weights or BatchNorm statistics)."""
-    bad = _first_non_finite(model)
+    bad = first_non_finite(model.state_dict())
     if bad is not None:
         raise LTPAError(
             f"at the end of epoch {epoch} the model's {bad} holds inf or NaN values; nothing of epoch {epoch} "

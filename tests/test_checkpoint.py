@@ -1,0 +1,212 @@
+"""Reading weights (ltpa.checkpoint.read_weights): every path that loads weights refuses a file holding an inf
+or NaN, naming the file and the tensor in one line, before anything is evaluated, trained or exported.
+
+Each test saves real weights with ltpa, then edits one tensor of the saved safetensors file to NaN (as a
+damaged or tampered file would hold), keeping the file's metadata."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import tiny_train_config
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+import ltpa
+from ltpa.checkpoint import check_finite, load_model, read_weights, save_checkpoint
+from ltpa.cli import main
+from ltpa.errors import LTPAError
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+NAN_MESSAGE = r"hold inf or NaN values in {key}; the file is damaged or was edited"
+
+
+def poison(path: Path, key: str | None = None, value: float = float("nan")) -> str:
+    """Sets one element of tensor ``key`` (default: the first floating-point weight) of the safetensors file
+    ``path`` to ``value``, keeping its metadata; returns the tensor's name."""
+    with safe_open(str(path), framework="pt") as fh:
+        metadata = fh.metadata()
+    tensors = load_file(str(path))
+    key = key or next(k for k, v in tensors.items() if v.is_floating_point() and k.endswith("weight"))
+    tensors[key].view(-1)[0] = value
+    save_file(tensors, str(path), metadata=metadata)
+    return key
+
+
+def tiny_model(name: str = "vgg_att2_concat_pc", **kwargs: object) -> ltpa.LTPAModel:
+    torch.manual_seed(0)
+    return ltpa.create_model(name, **{"num_classes": 4, "width": 0.0625, "img_size": 16, **kwargs})
+
+
+@pytest.fixture
+def run(tmp_path: Path) -> Path:
+    save_checkpoint(tmp_path / "run" / "last", tiny_model(), epoch=1)
+    return tmp_path / "run"
+
+
+def test_check_finite_names_the_first_bad_tensor_and_ignores_integers() -> None:
+    check_finite({"a": torch.ones(2), "steps": torch.tensor([3])}, "f.safetensors")
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        state = {"a": torch.ones(2), "b.weight": torch.tensor([1.0, bad]), "c": torch.tensor([bad])}
+        with pytest.raises(LTPAError, match=r"weights f\.safetensors hold inf or NaN values in b\.weight;"):
+            check_finite(state, "f.safetensors")
+    check_finite({"half": torch.ones(2, dtype=torch.float16)}, "f")
+    with pytest.raises(LTPAError, match="in half"):
+        check_finite({"half": torch.tensor([float("inf")], dtype=torch.bfloat16)}, "f")
+
+
+def test_read_weights_refuses_truncated_and_foreign_files(tmp_path: Path) -> None:
+    path = tmp_path / "w.safetensors"
+    save_file({"a": torch.ones(100)}, str(path))
+    path.write_bytes(path.read_bytes()[:-10])
+    with pytest.raises(
+        LTPAError, match=r"cannot read weights .*w\.safetensors: .*truncated or not safetensors"
+    ):
+        read_weights(path)
+    path.write_text("not weights")
+    with pytest.raises(LTPAError, match="truncated or not safetensors"):
+        read_weights(path)
+
+
+@pytest.mark.parametrize("value", [float("nan"), float("inf")])
+def test_load_model_refuses_non_finite_weights_by_name(run: Path, value: float) -> None:
+    key = poison(run / "last.safetensors", value=value)
+    for path in (run, run / "last.safetensors", run / "last.json", run / "last"):
+        with pytest.raises(LTPAError, match=NAN_MESSAGE.format(key=key.replace(".", r"\."))) as info:
+            load_model(path)
+        assert "\n" not in str(info.value) and "last.safetensors" in str(info.value)
+
+
+def test_non_finite_buffers_are_refused_too(run: Path) -> None:
+    """BatchNorm statistics are weights for evaluation: a NaN running variance is as bad as a NaN kernel."""
+    key = next(k for k in load_file(str(run / "last.safetensors")) if k.endswith("running_var"))
+    poison(run / "last.safetensors", key)
+    with pytest.raises(LTPAError, match=f"in {key}"):
+        load_model(run)
+
+
+@pytest.mark.parametrize("command", ["eval", "export"])
+def test_cli_commands_on_a_nan_checkpoint_exit_non_zero_in_one_line(
+    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+) -> None:
+    """Before the fix ``ltpa eval`` reported chance accuracy and exited 0, and export wrote a NaN model."""
+    key = poison(run / "last.safetensors")
+    args = {
+        "eval": ["eval", str(run), "--data", "cluttered-digits", "--data-option", "num_test=16"],
+        "export": ["export", str(run), "--format", "hf"],
+    }[command]
+    assert main([*args, "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"NaN values in {key}" in err
+    assert (
+        not (tmp_path / "out" / "eval.json").exists()
+        and not (tmp_path / "out" / "model.safetensors").exists()
+    )
+
+
+def test_create_model_checkpoint_path_refuses_non_finite_weights(run: Path) -> None:
+    key = poison(run / "last.safetensors")
+    with pytest.raises(LTPAError, match=f"NaN values in {key}"):
+        ltpa.create_model("vgg_att2_concat_pc", checkpoint_path=run, num_classes=4, width=0.0625, img_size=16)
+
+
+@pytest.fixture
+def pretrained_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[Path, str]:
+    """A save_pretrained folder with a NaN tensor, also laid out in an offline Hugging Face cache."""
+    import huggingface_hub.constants
+
+    cache = tmp_path / "hf-cache"
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
+    folder = tiny_model().save_pretrained(tmp_path / "w")
+    key = poison(folder / "model.safetensors")
+    snapshot = cache / "models--someone--nan" / "snapshots" / ("1" * 40)
+    snapshot.mkdir(parents=True)
+    (cache / "models--someone--nan" / "refs").mkdir()
+    (cache / "models--someone--nan" / "refs" / "main").write_text("1" * 40)
+    for file in folder.iterdir():
+        (snapshot / file.name).write_bytes(file.read_bytes())
+    return folder, key
+
+
+def test_every_pretrained_reader_refuses_non_finite_weights(pretrained_folder: tuple[Path, str]) -> None:
+    folder, key = pretrained_folder
+    readers = [
+        lambda: ltpa.create_model("vgg_att2_concat_pc", pretrained=str(folder)),
+        lambda: ltpa.create_model("vgg_att2_concat_pc", pretrained=str(folder), num_classes=7),
+        lambda: ltpa.LTPAModel.from_pretrained(folder),
+        lambda: ltpa.create_model("vgg_att2_concat_pc", pretrained="hf-hub:someone/nan"),
+        lambda: ltpa.create_model("hf-hub:someone/nan"),
+        lambda: torch.hub.load(
+            str(Path(__file__).resolve().parents[1]),
+            "vgg_att2_concat_pc",
+            source="local",
+            pretrained=str(folder),
+        ),
+    ]
+    for read in readers:
+        with pytest.raises(LTPAError, match=f"NaN values in {key.replace('.', '[.]')}"):
+            read()
+
+
+def test_backbone_weights_files_are_checked(tmp_path: Path) -> None:
+    """``timm/`` and ``tv/`` models read a backbone's ImageNet weights from a file given as ``pretrained``."""
+    import timm
+    import torchvision
+
+    file = tmp_path / "timm.safetensors"
+    save_file(timm.create_model("test_resnet").state_dict(), str(file))
+    key = poison(file)
+    with pytest.raises(LTPAError, match=f"timm.safetensors hold inf or NaN values in {key}"):
+        ltpa.create_model("timm/test_resnet_att2_pc", num_classes=3, pretrained=str(file))
+    file = tmp_path / "tv.safetensors"
+    save_file(torchvision.models.resnet18().state_dict(), str(file))
+    key = poison(file, "layer4.1.conv2.weight")
+    with pytest.raises(LTPAError, match=f"tv.safetensors hold inf or NaN values in {key}"):
+        ltpa.create_model("tv/resnet18_att2_pc", num_classes=3, pretrained=str(file))
+    pth = tmp_path / "tv.pth"
+    state = torchvision.models.resnet18().state_dict()
+    state["fc.bias"][0] = float("inf")
+    torch.save(state, pth)
+    with pytest.raises(LTPAError, match=r"tv\.pth hold inf or NaN values in fc\.bias"):
+        ltpa.create_model("tv/resnet18_att2_pc", num_classes=3, pretrained=str(pth))
+
+
+def test_init_from_refuses_non_finite_and_truncated_checkpoints(tmp_path: Path) -> None:
+    from ltpa.train import fit
+
+    source = tmp_path / "source"
+    save_checkpoint(source / "last", ltpa.create_model("vgg", num_classes=10, width=0.125), epoch=1)
+    key = poison(source / "last.safetensors")
+    with pytest.raises(LTPAError, match=f"NaN values in {key}"):
+        fit(tiny_train_config(tmp_path, init_from=str(source), epochs=1))
+    assert not (tmp_path / "run" / "last.safetensors").exists()
+    weights = source / "last.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    with pytest.raises(LTPAError, match="truncated or not safetensors"):
+        fit(tiny_train_config(tmp_path, init_from=str(source), epochs=1))
+
+
+@pytest.mark.parametrize("part", ["model", "optim"])
+def test_resume_refuses_non_finite_state_and_keeps_the_run(tmp_path: Path, part: str) -> None:
+    from ltpa.train import LOCK_FILE, RESUME_FILE, fit
+
+    fit(tiny_train_config(tmp_path, epochs=1))
+    run = tmp_path / "run"
+    state = run / RESUME_FILE
+    tensors = load_file(str(state))
+    key = poison(
+        state, next(k for k, v in tensors.items() if k.startswith(part + ".") and v.is_floating_point())
+    )
+
+    def files() -> dict[str, bytes]:
+        return {p.name: p.read_bytes() for p in run.iterdir() if p.is_file() and p.name != LOCK_FILE}
+
+    before = files()
+    with pytest.raises(LTPAError, match=f"NaN values in {key.replace('.', '[.]')}"):
+        fit(tiny_train_config(tmp_path, epochs=2), resume=run)
+    assert files() == before
