@@ -21,8 +21,8 @@ from ltpa.config import TrainConfig
 from ltpa.errors import LTPAError
 from ltpa.models import LTPAModel
 from ltpa.runtime import describe_runtime
+from ltpa.utils import atomic_write, normalize_minmax, to_unit_float
 from ltpa.utils import log as logger
-from ltpa.utils import normalize_minmax, to_unit_float
 
 __all__ = ["DemoConfig", "run_demo"]
 
@@ -140,7 +140,7 @@ def _figure_maps(models: dict[str, LTPAModel], images: torch.Tensor, boxes: torc
             if r == 0:
                 ax.set_title(title, fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
 
 
 def _figure_curves(histories: dict[str, list[dict[str, Any]]], path: Path) -> None:
@@ -158,7 +158,7 @@ def _figure_curves(histories: dict[str, list[dict[str, Any]]], path: Path) -> No
     ax_loss.legend(fontsize=8)
     ax_acc.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=110, format="png"))
 
 
 def _prepare_out(out: Path, names: list[str], overwrite: bool = False) -> None:
@@ -236,7 +236,8 @@ def run_demo(cfg: DemoConfig | None = None) -> dict[str, Any]:
             for name in names
         },
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    text = json.dumps(summary, indent=2) + "\n"
+    atomic_write(out / "summary.json", lambda tmp: Path(tmp).write_text(text))
     _write_report(cfg, out, summary, results)
     return summary
 
@@ -273,4 +274,4 @@ def _write_report(cfg: DemoConfig, out: Path, summary: dict[str, Any], results: 
         "![training curves](training_curves.png)",
         "",
     ]
-    (out / "report.md").write_text("\n".join(lines))
+    atomic_write(out / "report.md", lambda tmp: Path(tmp).write_text("\n".join(lines)))

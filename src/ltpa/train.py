@@ -55,7 +55,7 @@ from ltpa.models._base import normalized_input
 from ltpa.runtime import autocast, choose_channels_last, describe_runtime, resolve_precision
 from ltpa.system import configure_threads
 from ltpa.utils import log as logger
-from ltpa.utils import normalize_minmax, to_unit_float
+from ltpa.utils import normalize_minmax, open_no_follow, to_unit_float
 
 __all__ = [
     "FitResult",
@@ -407,7 +407,11 @@ def _preflight(run_dir: Path, need_bytes: int) -> None:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".ltpa-write-test"
-        probe.write_bytes(b"ok")
+        fd = open_no_follow(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        try:
+            os.write(fd, b"ok")
+        finally:
+            os.close(fd)
         probe.unlink()
     except OSError as err:
         raise LTPAError(
@@ -444,10 +448,10 @@ def clear_run(run_dir: str | os.PathLike[str]) -> None:
     for path in run_dir.iterdir():
         if path.name == LOCK_FILE or not _owned(path):
             continue
-        if path.is_dir():
+        if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         else:
-            path.unlink()
+            path.unlink()  # a link itself, never what it points to
 
 
 def _has_checkpoints(run_dir: Path) -> bool:
@@ -500,7 +504,7 @@ class _RunLock:
         path = self.run_dir / LOCK_FILE
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            fd = open_no_follow(path, os.O_RDWR | os.O_CREAT)
         except OSError as err:
             raise LTPAError(
                 f"cannot write to output folder {self.run_dir}: {err.strerror}; choose another --out"

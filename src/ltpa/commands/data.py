@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 import yaml
-from torchvision.io import write_png
+from torchvision.io import encode_png
 from torchvision.utils import draw_bounding_boxes, make_grid
 
 from ltpa.data import (
@@ -30,6 +30,7 @@ from ltpa.data import (
 )
 from ltpa.data.augment import resize
 from ltpa.errors import LTPAError
+from ltpa.utils import atomic_write
 
 __all__ = ["add_data_parser", "data_command"]
 
@@ -130,8 +131,13 @@ def _grid(dataset: Any, info: Any, args: argparse.Namespace, split: str) -> Path
         tiles.append(image)
     grid = make_grid(torch.stack(tiles), nrow=max(1, round(n**0.5)), padding=2, pad_value=255)
     path = args.grid if args.grid is not None else Path("runs/data") / f"{info.name}-{split}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    write_png(grid.contiguous(), str(path))
+    if path.is_dir():
+        raise LTPAError(
+            f"--grid {path} is a folder; give the PNG file to write, e.g. --grid {path / 'grid.png'}"
+        )
+    data = encode_png(grid.contiguous()).numpy().tobytes()
+    # written whole (a full disk is an error, never a truncated PNG), atomically, never through a link
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(data))
     return path
 
 

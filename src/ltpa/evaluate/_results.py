@@ -44,10 +44,11 @@ def write_csv(
 
 
 def save_figure(fig: Any, path: str | os.PathLike[str]) -> Path:
-    """Saves a matplotlib figure as a PNG (100 dpi), creating the folder."""
+    """Saves a matplotlib figure (100 dpi; PNG unless ``path`` names another format), creating the folder;
+    atomically, never through a symbolic link."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    fmt = path.suffix[1:].lower() or "png"  # the temporary file's own suffix is .tmp
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=100, format=fmt))
     return path
 
 

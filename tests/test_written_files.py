@@ -1,0 +1,167 @@
+"""Files ltpa writes into a user's folders: never through a symbolic link planted there, never over a file ltpa
+did not write without ``--overwrite``, and whole or not at all (STYLE 15, docs/reliability.md).
+
+Each symlink test plants a link named like one of ltpa's files that points at a "victim" file outside the
+folder, runs the command, and checks that the victim is byte for byte what it was."""
+
+from __future__ import annotations
+
+import errno
+import logging
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import data_option_flags, tiny_train_config
+
+import ltpa
+from ltpa.checkpoint import save_checkpoint
+from ltpa.cli import main
+from ltpa.errors import LTPAError
+from ltpa.utils import NoFollowFileHandler, atomic_write, open_no_follow
+
+pytestmark = pytest.mark.usefixtures("single_thread")
+
+VICTIM_TEXT = "precious data\n"
+
+
+@pytest.fixture
+def victim(tmp_path: Path) -> Path:
+    path = tmp_path / "victim.txt"
+    path.write_text(VICTIM_TEXT)
+    return path
+
+
+def plant(link: Path, target: Path) -> Path:
+    link.parent.mkdir(parents=True, exist_ok=True)
+    link.symlink_to(target)
+    return link
+
+
+# --------------------------------------------------------------------------------------- the shared helpers
+
+
+def test_atomic_write_replaces_a_link_not_its_target(tmp_path: Path, victim: Path) -> None:
+    link = plant(tmp_path / "out" / "eval.json", victim)
+    atomic_write(link, lambda tmp: Path(tmp).write_text("{}\n"))
+    assert not link.is_symlink() and link.read_text() == "{}\n"
+    assert victim.read_text() == VICTIM_TEXT
+
+
+def test_open_no_follow_refuses_a_link_in_one_line(tmp_path: Path, victim: Path) -> None:
+    import os
+
+    link = plant(tmp_path / "lock", victim)
+    with pytest.raises(LTPAError, match=r"lock is a symbolic link; ltpa never writes through links") as info:
+        open_no_follow(link, os.O_RDWR | os.O_CREAT)
+    assert "\n" not in str(info.value)
+    assert victim.read_text() == VICTIM_TEXT and link.is_symlink()
+    fd = open_no_follow(tmp_path / "plain", os.O_WRONLY | os.O_CREAT)
+    os.close(fd)
+    assert (tmp_path / "plain").is_file()
+
+
+def test_no_follow_file_handler_appends_to_files_and_refuses_links(tmp_path: Path, victim: Path) -> None:
+    """The handler a log file in a user's folder (the study's study.log) is written with."""
+    log = tmp_path / "study.log"
+    log.write_text("earlier\n")
+    handler = NoFollowFileHandler(log)
+    handler.emit(logging.LogRecord("ltpa", logging.INFO, __file__, 1, "new line", None, None))
+    handler.close()
+    assert log.read_text() == "earlier\nnew line\n"
+    with pytest.raises(LTPAError, match="symbolic link"):
+        NoFollowFileHandler(plant(tmp_path / "other.log", victim))
+    assert victim.read_text() == VICTIM_TEXT
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+
+def test_a_lock_file_link_is_refused_and_its_target_kept(tmp_path: Path, victim: Path) -> None:
+    from ltpa.train import LOCK_FILE, fit
+
+    plant(tmp_path / "run" / LOCK_FILE, victim)
+    with pytest.raises(LTPAError, match=r"\.ltpa\.lock is a symbolic link"):
+        fit(tiny_train_config(tmp_path, epochs=1))
+    assert victim.read_text() == VICTIM_TEXT
+
+
+def test_a_write_test_link_in_a_resumed_run_is_refused_and_its_target_kept(
+    tmp_path: Path, victim: Path
+) -> None:
+    """A run folder unpacked from elsewhere may carry links; --resume does not clear the folder first."""
+    from ltpa.train import fit
+
+    fit(tiny_train_config(tmp_path, epochs=1))
+    plant(tmp_path / "run" / ".ltpa-write-test", victim)
+    with pytest.raises(LTPAError, match=r"\.ltpa-write-test is a symbolic link"):
+        fit(tiny_train_config(tmp_path, epochs=2), resume=tmp_path / "run")
+    assert victim.read_text() == VICTIM_TEXT
+
+
+def test_clear_run_removes_a_link_named_like_a_run_file_not_its_target(tmp_path: Path) -> None:
+    from ltpa.train import clear_run
+
+    elsewhere = tmp_path / "elsewhere"
+    (elsewhere / "inner").mkdir(parents=True)
+    (elsewhere / "inner" / "keep.txt").write_text("keep")
+    plant(tmp_path / "run" / "config.yaml", elsewhere)  # a link to a folder, named like ltpa's file
+    clear_run(tmp_path / "run")
+    assert not (tmp_path / "run" / "config.yaml").exists()
+    assert (elsewhere / "inner" / "keep.txt").read_text() == "keep"
+
+
+# ---------------------------------------------------------------------------------------------- evaluation
+
+
+def test_eval_replaces_a_planted_confusion_png_link_and_keeps_its_target(
+    tmp_path: Path, victim: Path
+) -> None:
+    torch.manual_seed(0)
+    model = ltpa.create_model("vgg_att2_concat_pc", num_classes=10, width=0.0625, img_size=16)
+    save_checkpoint(tmp_path / "tiny" / "last", model, epoch=1)
+    out = tmp_path / "out"
+    link = plant(out / "confusion_tiny.png", victim)
+    args = [
+        "eval",
+        str(tmp_path / "tiny"),
+        "--data",
+        "cluttered-digits",
+        *data_option_flags(),
+        "--limit",
+        "8",
+    ]
+    assert main([*args, "--out", str(out)]) == 0
+    assert victim.read_text() == VICTIM_TEXT
+    assert not link.is_symlink() and link.read_bytes().startswith(b"\x89PNG")
+
+
+# -------------------------------------------------------------------------------------------- data --grid
+
+
+def _grid_args(path: Path) -> list[str]:
+    return ["data", "cluttered-digits", *data_option_flags(), "--grid-count", "4", "--grid", str(path)]
+
+
+def test_data_grid_through_a_link_a_folder_and_a_full_disk(
+    tmp_path: Path, victim: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    link = plant(tmp_path / "grid.png", victim)
+    assert main(_grid_args(link)) == 0
+    assert victim.read_text() == VICTIM_TEXT and link.read_bytes().startswith(b"\x89PNG")
+
+    assert main(_grid_args(tmp_path)) == 2  # a folder: was a traceback
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is a folder; give the PNG file to write" in err
+
+    def full(self: Path, data: bytes) -> int:  # the disk fills halfway through the file
+        with open(self, "wb") as fh:
+            fh.write(data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device", str(self))
+
+    monkeypatch.setattr(Path, "write_bytes", full)
+    before = link.read_bytes()
+    assert main(_grid_args(link)) == 2  # was exit 0 with a truncated PNG
+    assert "the disk is full" in capsys.readouterr().err
+    assert link.read_bytes() == before  # the earlier grid is intact
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.png", "victim.txt"]  # no temporary left
