@@ -165,3 +165,103 @@ def test_data_grid_through_a_link_a_folder_and_a_full_disk(
     assert "the disk is full" in capsys.readouterr().err
     assert link.read_bytes() == before  # the earlier grid is intact
     assert sorted(p.name for p in tmp_path.iterdir()) == ["grid.png", "victim.txt"]  # no temporary left
+
+
+# ------------------------------------------------------------------------------------------------- export
+
+
+@pytest.fixture
+def export_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    import huggingface_hub.constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    torch.manual_seed(0)
+    model = ltpa.create_model("vgg_att2_concat_pc", num_classes=3, width=0.0625, img_size=16)
+    save_checkpoint(tmp_path / "run" / "last", model, epoch=1)
+    return tmp_path / "run"
+
+
+def test_hf_export_keeps_a_users_readme_and_config_unless_overwrite(
+    export_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "README.md").write_text("# my project\n")
+    (out / "config.json").write_text('{"my": "settings"}\n')
+    args = ["export", str(export_run), "--format", "hf", "--out", str(out)]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "config.json, README.md that ltpa did not write" in err
+    assert (out / "README.md").read_text() == "# my project\n" and not (out / "model.safetensors").exists()
+    assert main([*args, "--overwrite"]) == 0
+    assert (out / "README.md").read_text().startswith("---")
+    assert main(args) == 0  # an earlier ltpa export is replaced without asking
+
+
+@pytest.mark.parametrize("name", ["last.safetensors", "last.json"])
+def test_export_file_onto_the_checkpoint_being_exported_is_refused(
+    export_run: Path, name: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    before = {p.name: p.read_bytes() for p in export_run.iterdir()}
+    for fmt in ("onnx", "torchscript"):
+        assert main(["export", str(export_run), "--format", fmt, "--file", str(export_run / name)]) == 2
+        assert "is the checkpoint being exported" in capsys.readouterr().err
+        assert (
+            main(
+                ["export", str(export_run), "--format", fmt, "--overwrite", "--file", str(export_run / name)]
+            )
+            == 2
+        )
+    assert {p.name: p.read_bytes() for p in export_run.iterdir()} == before
+    ltpa.load_model(export_run)
+
+
+def test_export_replaces_its_own_files_but_not_a_users(
+    export_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    mine = tmp_path / "model.pt"
+    mine.write_bytes(b"my own TorchScript model, not from ltpa")
+    args = ["export", str(export_run), "--format", "torchscript", "--no-check", "--file", str(mine)]
+    assert main(args) == 2
+    assert "exists and is not an ltpa export" in capsys.readouterr().err
+    assert mine.read_bytes() == b"my own TorchScript model, not from ltpa"
+    assert main([*args, "--overwrite"]) == 0
+    assert main(args) == 0 and mine.read_bytes()[:2] == b"PK"  # ltpa's own export: replaced without asking
+    onnx_file = tmp_path / "notes.onnx"
+    onnx_file.write_text("my notes")
+    assert main(["export", str(export_run), "--no-check", "--file", str(onnx_file)]) == 2
+    assert onnx_file.read_text() == "my notes"
+    assert main(["export", str(export_run), "--no-check", "--file", str(onnx_file), "--overwrite"]) == 0
+    assert main(["export", str(export_run), "--no-check", "--file", str(onnx_file)]) == 0
+
+
+def test_a_kill_between_the_hf_exports_moves_leaves_a_folder_that_is_refused(
+    export_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+
+    from ltpa.export import export_model
+
+    out = tmp_path / "shared"
+    first = ltpa.load_model(export_run)
+    export_model(first, out, "hf")
+    torch.manual_seed(5)
+    second = ltpa.create_model("vgg_att2_concat_pc", num_classes=3, width=0.0625, img_size=16)
+    replace = os.replace
+
+    def killed_before_the_config(src: str, dst: str) -> None:
+        if Path(dst) == out / "config.json":
+            raise KeyboardInterrupt
+        replace(src, dst)
+
+    monkeypatch.setattr(os, "replace", killed_before_the_config)
+    with pytest.raises(KeyboardInterrupt):
+        export_model(second, out, "hf")
+    monkeypatch.setattr(os, "replace", replace)
+    with pytest.raises(LTPAError, match="the folder mixes two exports"):
+        ltpa.LTPAModel.from_pretrained(out)
+    with pytest.raises(LTPAError, match="the folder mixes two exports"):
+        ltpa.create_model("vgg_att2_concat_pc", pretrained=str(out))
+    export_model(second, out, "hf")  # exporting again repairs it
+    ltpa.LTPAModel.from_pretrained(out)

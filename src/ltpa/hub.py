@@ -34,6 +34,7 @@ __all__ = [
     "WEIGHTS_NAME",
     "PretrainedFiles",
     "from_pretrained",
+    "is_ltpa_config",
     "is_pretrained_source",
     "load_pretrained_weights",
     "model_card",
@@ -216,16 +217,43 @@ def save_pretrained(
     }
     if source:
         config["source"] = source
-    text = json.dumps(config, indent=2, default=_json_default) + "\n"
-    config = json.loads(text)  # the card shows what the file holds (tuples as lists)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     params = sum(p.numel() for p in model.parameters())
-    atomic_write(
-        directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt", "model": name})
-    )
+    digest: list[str] = []
+
+    def write_weights(tmp: str) -> None:
+        save_file(state, tmp, metadata={"format": "pt", "model": name})
+        digest.append(_sha256(Path(tmp)))
+
+    atomic_write(directory / WEIGHTS_NAME, write_weights)
+    # the config names the weights it was written with: a folder left half-replaced (a kill between these
+    # writes, or files copied from two exports) is refused on loading instead of loading silently
+    config["weights_sha256"] = digest[0]
+    text = json.dumps(config, indent=2, default=_json_default) + "\n"
+    config = json.loads(text)  # the card shows what the file holds (tuples as lists)
     atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text))
     atomic_write(directory / CARD_NAME, lambda tmp: Path(tmp).write_text(model_card(config, params)))
     return directory
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    sha = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+def is_ltpa_config(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is the ``config.json`` of a pretrained folder written by ltpa (``save_pretrained``,
+    ``ltpa export --format hf``), so that ltpa may replace it."""
+    try:
+        config = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(config, dict) and config.get("format") == "ltpa" and "model_name" in config
 
 
 def _split_hub_id(source: str) -> tuple[str, str | None]:
@@ -320,6 +348,12 @@ def load_pretrained_weights(model: nn.Module, files: PretrainedFiles) -> None:
     """
     from ltpa.checkpoint import read_weights
 
+    expected = files.config.get("weights_sha256")
+    if expected is not None and _sha256(files.weights) != expected:
+        raise LTPAError(
+            f"the weights of {files.source} are not the ones its {CONFIG_NAME} was written with (sha256 "
+            "differs): the folder mixes two exports, e.g. an export that was interrupted; export it again"
+        )
     state = read_weights(files.weights)
     saved_classes = files.config.get("num_classes")
     reset = saved_classes is not None and saved_classes != getattr(model, "num_classes", saved_classes)
