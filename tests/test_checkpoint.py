@@ -6,6 +6,8 @@ damaged or tampered file would hold), keeping the file's metadata."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 
 import pytest
@@ -124,6 +126,9 @@ def pretrained_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(cache))
     folder = tiny_model().save_pretrained(tmp_path / "w")
     key = poison(folder / "model.safetensors")
+    config = json.loads((folder / "config.json").read_text())  # a config that names these weights
+    config["weights_sha256"] = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    (folder / "config.json").write_text(json.dumps(config))
     snapshot = cache / "models--someone--nan" / "snapshots" / ("1" * 40)
     snapshot.mkdir(parents=True)
     (cache / "models--someone--nan" / "refs").mkdir()
@@ -210,3 +215,54 @@ def test_resume_refuses_non_finite_state_and_keeps_the_run(tmp_path: Path, part:
     with pytest.raises(LTPAError, match=f"NaN values in {key.replace('.', '[.]')}"):
         fit(tiny_train_config(tmp_path, epochs=2), resume=run)
     assert files() == before
+
+
+@pytest.mark.parametrize("field", ["top", "model_kwargs"])
+def test_pretrained_config_whose_num_classes_differs_from_its_weights_is_refused(
+    tmp_path: Path, field: str
+) -> None:
+    """It loaded with a freshly initialised (random) classifier, without a word."""
+    folder = tiny_model().save_pretrained(tmp_path / "w")
+    config = json.loads((folder / "config.json").read_text())
+    if field == "top":
+        config["num_classes"] = 7
+    else:
+        config["model_kwargs"]["num_classes"] = 7
+    (folder / "config.json").write_text(json.dumps(config))
+    for read in (
+        lambda: ltpa.create_model("vgg_att2_concat_pc", pretrained=str(folder)),
+        lambda: ltpa.LTPAModel.from_pretrained(folder),
+    ):
+        with pytest.raises(
+            LTPAError, match=r"num_classes 7 but its weights have 4 classes: the config was edited"
+        ):
+            read()
+
+
+def test_asking_for_another_num_classes_still_gives_a_fresh_classifier(tmp_path: Path) -> None:
+    model = tiny_model()
+    folder = model.save_pretrained(tmp_path / "w")
+    other = ltpa.create_model("vgg_att2_concat_pc", pretrained=str(folder), num_classes=7)
+    assert other.num_classes == 7 and other.pretrained_cfg["classes"] is None
+    same = {k: v for k, v in other.state_dict().items() if k in model.state_dict()}
+    differ = [k for k, v in same.items() if v.shape != model.state_dict()[k].shape]
+    assert differ and all(k.startswith(tuple(_head(other))) for k in differ)
+    loaded = ltpa.LTPAModel.from_pretrained(folder)
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(loaded.state_dict()[k], v, rtol=0, atol=0)
+
+
+def _head(model: ltpa.LTPAModel) -> list[str]:
+    classifier = model.get_classifier()
+    return [name for name, m in model.named_modules() if m is classifier]
+
+
+def test_a_model_with_nan_weights_is_never_saved(tmp_path: Path) -> None:
+    model = tiny_model()
+    with torch.no_grad():
+        model.get_classifier().weight[0, 0] = float("nan")
+    with pytest.raises(LTPAError, match=r"holds inf or NaN values; no checkpoint was written"):
+        save_checkpoint(tmp_path / "run" / "last", model)
+    with pytest.raises(LTPAError, match=r"holds inf or NaN values; no pretrained folder was written"):
+        model.save_pretrained(tmp_path / "w")
+    assert not (tmp_path / "run").exists() and not (tmp_path / "w").exists()

@@ -10,6 +10,7 @@ import errno
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from conftest import data_option_flags, tiny_train_config
@@ -265,3 +266,76 @@ def test_a_kill_between_the_hf_exports_moves_leaves_a_folder_that_is_refused(
         ltpa.create_model("vgg_att2_concat_pc", pretrained=str(out))
     export_model(second, out, "hf")  # exporting again repairs it
     ltpa.LTPAModel.from_pretrained(out)
+
+
+# --------------------------------------------------------------------------- image-folder classes by name
+
+COLOURS = {"blue": (20, 40, 230), "green": (30, 200, 40), "red": (220, 30, 30)}
+
+
+def _colour_folder(root: Path, names: list[str], per_class: int = 4) -> Path:
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name in names:
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            pixels = np.clip(np.array(COLOURS[name]) + rng.integers(-20, 20, (16, 16, 3)), 0, 255)
+            Image.fromarray(pixels.astype(np.uint8)).save(root / name / f"{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def colour_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A checkpoint that tells blue, green and red (classes 0, 1, 2) apart, with its class names saved."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # module-scoped: the single_thread fixture does not cover it
+    torch.manual_seed(0)
+    model = ltpa.create_model("vgg", num_classes=3, width=0.0625, img_size=16, drop_scale=0.0)
+    x = torch.stack(
+        [torch.tensor(c, dtype=torch.float32).view(3, 1, 1).expand(3, 16, 16) / 255 for c in COLOURS.values()]
+    )
+    y = torch.arange(3)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
+    for _ in range(40):
+        noisy = (x + 0.08 * torch.randn(12, 3, 16, 16).view(4, 3, 3, 16, 16)).view(12, 3, 16, 16).clamp(0, 1)
+        loss = torch.nn.functional.cross_entropy(model(noisy), y.repeat(4))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    torch.set_num_threads(threads)
+    root = tmp_path_factory.mktemp("colours")
+    save_checkpoint(root / "colours" / "last", model.eval(), epoch=1, extra={"classes": list(COLOURS)})
+    return root / "colours"
+
+
+def _eval(run: Path, folder: Path, out: Path) -> int:
+    args = ["eval", str(run), "--data", "image-folder", "--root", str(folder), "--split", "all"]
+    return main([*args, "--out", str(out)])
+
+
+def test_image_folder_eval_matches_classes_by_name_not_position(colour_run: Path, tmp_path: Path) -> None:
+    import json
+
+    full = _colour_folder(tmp_path / "full", ["blue", "green", "red"])
+    assert _eval(colour_run, full, tmp_path / "e1") == 0
+    assert json.loads((tmp_path / "e1" / "eval.json").read_text())["colours"]["accuracy"] == 1.0
+    # without the blue folder, green and red were labels 0 and 1 by position and scored 0%
+    partial = _colour_folder(tmp_path / "partial", ["green", "red"])
+    (partial / "blue").mkdir()  # an empty class folder does not count either
+    assert _eval(colour_run, partial, tmp_path / "e2") == 0
+    result = json.loads((tmp_path / "e2" / "eval.json").read_text())["colours"]
+    assert result["accuracy"] == 1.0 and result["n"] == 8
+    assert result["per_class"] == {"blue": None, "green": 1.0, "red": 1.0}
+
+
+def test_image_folder_with_classes_the_model_does_not_know_is_refused(
+    colour_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = _colour_folder(tmp_path / "other", ["green", "red"])
+    (folder / "red").rename(folder / "crimson")
+    assert _eval(colour_run, folder, tmp_path / "e") == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert "trained on the classes blue, green, red; image-folder has 1 it does not know (crimson)" in err
+    assert not (tmp_path / "e" / "eval.json").exists()

@@ -28,6 +28,7 @@ __all__ = [
     "load_model",
     "read_sidecar",
     "read_weights",
+    "refuse_non_finite",
     "resolve_checkpoint",
     "save_checkpoint",
 ]
@@ -61,6 +62,15 @@ def check_finite(state: Mapping[str, torch.Tensor], source: str | os.PathLike[st
         raise LTPAError(
             f"weights {os.fspath(source)} hold inf or NaN values in {bad}; the file is damaged or was edited "
             "(ltpa never saves non-finite weights): restore it or train again"
+        )
+
+
+def refuse_non_finite(state: Mapping[str, torch.Tensor], what: str) -> None:
+    """Refuses to save a model with an inf or NaN tensor (every reader would refuse it)."""
+    bad = first_non_finite(state)
+    if bad is not None:
+        raise LTPAError(
+            f"the model's {bad} holds inf or NaN values; no {what} was written (they load nowhere)"
         )
 
 
@@ -103,6 +113,7 @@ def save_checkpoint(
         raise LTPAError("only models made by ltpa.create_model can be checkpointed (they carry their name)")
     weights, sidecar = checkpoint_paths(stem)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    refuse_non_finite(state, "checkpoint")
     atomic_write(weights, lambda tmp: save_file(state, tmp, metadata={"format": "ltpa", "model": name}))
     from ltpa import __version__
 

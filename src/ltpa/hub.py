@@ -188,7 +188,7 @@ def save_pretrained(
     from safetensors.torch import save_file
 
     from ltpa import __version__
-    from ltpa.checkpoint import atomic_write
+    from ltpa.checkpoint import atomic_write, refuse_non_finite
 
     model = getattr(model, "module", model)  # unwrap DDP
     name = getattr(model, "model_name", None)
@@ -218,6 +218,7 @@ def save_pretrained(
     if source:
         config["source"] = source
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    refuse_non_finite(state, "pretrained folder")
     params = sum(p.numel() for p in model.parameters())
     digest: list[str] = []
 
@@ -355,9 +356,29 @@ def load_pretrained_weights(model: nn.Module, files: PretrainedFiles) -> None:
             "differs): the folder mixes two exports, e.g. an export that was interrupted; export it again"
         )
     state = read_weights(files.weights)
-    saved_classes = files.config.get("num_classes")
-    reset = saved_classes is not None and saved_classes != getattr(model, "num_classes", saved_classes)
-    fresh = set(_classifier_keys(model)) if reset else set()
+    classifier = _classifier_keys(model)
+    # the weights' own number of classes: the rows of the final linear layer(s)
+    rows = {
+        int(state[k].shape[0])
+        for k in classifier
+        if k in state and k.endswith("weight") and state[k].ndim == 2
+    }
+    saved = {
+        f"{key} {value!r}"
+        for key, value in (
+            ("num_classes", files.config.get("num_classes")),
+            ("model_kwargs.num_classes", (files.config.get("model_kwargs") or {}).get("num_classes")),
+        )
+        if value is not None and {value} != rows
+    }
+    if len(rows) == 1 and saved:
+        raise LTPAError(
+            f"{CONFIG_NAME} of {files.source} says {' and '.join(sorted(saved))} but its weights have "
+            f"{rows.pop()} classes: the config was edited or belongs to other weights; restore it or export "
+            "the model again"
+        )
+    reset = len(rows) == 1 and rows != {getattr(model, "num_classes", None)}  # the caller asked for another K
+    fresh = set(classifier) if reset else set()
     misfit = (
         f"weights of {files.source} do not fit model {files.config['model_name']} built with these arguments"
     )
