@@ -339,3 +339,64 @@ def test_image_folder_with_classes_the_model_does_not_know_is_refused(
     assert len(err.splitlines()) == 1
     assert "trained on the classes blue, green, red; image-folder has 1 it does not know (crimson)" in err
     assert not (tmp_path / "e" / "eval.json").exists()
+
+
+# ------------------------------------------------------------------------------------ runs and user files
+
+
+def test_train_into_the_folder_of_its_own_config_keeps_the_users_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``train --config exp/config.yaml --out exp`` replaced the user's config.yaml and metrics.csv."""
+    import yaml
+
+    exp = tmp_path / "exp"
+    exp.mkdir()
+    settings = tiny_train_config(tmp_path, epochs=1).to_dict()
+    del settings["out"]
+    (exp / "config.yaml").write_text("# my experiment\n" + yaml.safe_dump(settings))
+    (exp / "metrics.csv").write_text("my,numbers\n1,2\n")
+    before = {p.name: p.read_bytes() for p in exp.iterdir()}
+    assert main(["train", "--config", str(exp / "config.yaml"), "--out", str(exp)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "is not an ltpa run (config.yaml, metrics.csv)" in err
+    assert {p.name: p.read_bytes() for p in exp.iterdir()} == before  # no lock file either
+
+
+def test_an_interrupted_run_is_still_restarted_in_place(tmp_path: Path) -> None:
+    """A folder a training claimed (its lock file) and left before its first epoch ended starts again."""
+    from ltpa.train import LOCK_FILE, fit, foreign_files
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / LOCK_FILE).write_text("123\n")
+    (run / "config.yaml").write_text("model: vgg\n")
+    assert foreign_files(run) == []
+    result = fit(tiny_train_config(tmp_path, epochs=1))
+    assert (result.run_dir / "last.safetensors").is_file()
+
+
+def test_demo_does_not_redo_a_train_run_named_like_its_model(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ltpa.demo import DemoConfig, _prepare_out
+    from ltpa.train import fit
+
+    fit(tiny_train_config(tmp_path / "demo", name="vgg", epochs=1))
+    run = tmp_path / "demo" / "vgg"
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    args = ["demo", "--out", str(tmp_path / "demo"), "--epochs", "1", "--num-train", "64", "--num-test", "32"]
+    assert main([*args, "--quiet"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after the earlier training's log lines
+    assert err.startswith("ltpa demo: error:") and "holds a training that is not the demo's" in err
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    # the demo's own (interrupted) training is redone
+    cfg = DemoConfig(out=str(tmp_path / "demo2"), epochs=1, num_train=64, num_test=32, quiet=True)
+    mine = tmp_path / "demo2" / "vgg"
+    mine.mkdir(parents=True)
+    import yaml
+
+    (mine / "config.yaml").write_text(yaml.safe_dump(cfg.train_config("vgg").to_dict()))
+    (mine / "run.json").write_text('{"argv": [], "started": "now"}')
+    _prepare_out(tmp_path / "demo2", ["vgg"], cfg=cfg)
+    assert list(mine.iterdir()) == []

@@ -432,12 +432,37 @@ def _owned(path: Path) -> bool:
     return path.name in RUN_FILES or (match is not None and match["name"] in RUN_FILES)
 
 
+# Names a user's own folder may hold too: they count as ltpa's only in a folder a training has claimed (an
+# experiment folder with its own config.yaml is not a run to replace).
+_COMMON_NAMES = frozenset({"config.yaml", "metrics.csv", "metrics.jsonl"})
+
+
+def _is_run(run_dir: Path) -> bool:
+    """Whether a training has claimed ``run_dir``: it holds ltpa's lock file (created once the folder was
+    found free, before anything else is written) or an ltpa run.json."""
+    lock = run_dir / LOCK_FILE
+    if lock.is_file() and not lock.is_symlink():
+        return True
+    path = run_dir / "run.json"
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(info, dict) and "started" in info and "argv" in info
+
+
 def foreign_files(run_dir: str | os.PathLike[str]) -> list[str]:
-    """Names of the entries of ``run_dir`` that ltpa's training does not write (sorted; [] for no folder)."""
+    """Names of the entries of ``run_dir`` that ltpa's training does not write (sorted; [] for no folder).
+
+    ``config.yaml`` and the metrics files count as ltpa's only in a folder with ltpa's ``run.json``.
+    """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         return []
-    return sorted(p.name for p in run_dir.iterdir() if not _owned(p))
+    common = set() if _is_run(run_dir) else _COMMON_NAMES
+    return sorted(p.name for p in run_dir.iterdir() if not _owned(p) or p.name in common)
 
 
 def clear_run(run_dir: str | os.PathLike[str]) -> None:
