@@ -6,8 +6,10 @@ damaged or tampered file would hold), keeping the file's metadata."""
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -266,3 +268,114 @@ def test_a_model_with_nan_weights_is_never_saved(tmp_path: Path) -> None:
     with pytest.raises(LTPAError, match=r"holds inf or NaN values; no pretrained folder was written"):
         model.save_pretrained(tmp_path / "w")
     assert not (tmp_path / "run").exists() and not (tmp_path / "w").exists()
+
+
+# ------------------------------------------------------------------ untrusted sidecars and config.json files
+
+
+def _edit_sidecar(run: Path, edit: object) -> None:
+    meta = json.loads((run / "last.json").read_text())
+    edit(meta)  # type: ignore[operator]
+    (run / "last.json").write_text(json.dumps(meta))
+
+
+@pytest.mark.parametrize(
+    ("edit", "words"),
+    [
+        (
+            lambda m: m["model_kwargs"].update(num_classes=10**9),
+            r"num_classes in .*last\.json must be a number in 1\.\.100000",
+        ),
+        (
+            lambda m: m["model_kwargs"].update(width=1e6),
+            r"width in .*last\.json must be a number in 0\.001\.\.4",
+        ),
+        (lambda m: m["model_kwargs"].update(width=float("nan")), "width in .* must be a number"),
+        (lambda m: m["model_kwargs"].update(img_size=-5), "img_size in .* must be a number in 1..4096"),
+        (lambda m: m["model_kwargs"].update(num_classes="10"), "num_classes in .* must be a whole number"),
+        (lambda m: m["model_kwargs"].update(compatibility=["pc"]), "compatibility in .* must be a str"),
+        (lambda m: m["model_kwargs"].update(unknown_arg=1), "does not take these arguments: .*unknown_arg"),
+        (lambda m: m.update(model_kwargs=[1, 2]), "model_kwargs in .* must be a mapping"),
+        (lambda m: m.update(model_name=7), "model_name in .* must be a str"),
+        (lambda m: m.update(config=["not", "a", "mapping"]), "config in .* must be a mapping"),
+        (lambda m: m.update(classes={"a": 1}), "classes in .* must be a list"),
+        (lambda m: m.update(num_classes=10**12), "num_classes in .* must be a number in 1..100000"),
+    ],
+)
+def test_tampered_sidecar_fields_are_refused_before_building(
+    run: Path, edit: object, words: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ltpa.models._registry as registry
+
+    built: list[str] = []
+    real = registry._MODELS["vgg_att2_concat_pc"]
+
+    @functools.wraps(real)
+    def counting(**kwargs: object) -> ltpa.LTPAModel:
+        built.append("x")
+        return real(**kwargs)
+
+    monkeypatch.setitem(registry._MODELS, "vgg_att2_concat_pc", counting)
+    _edit_sidecar(run, edit)
+    with pytest.raises(LTPAError, match=words) as info:
+        load_model(run)
+    assert "\n" not in str(info.value) and not built  # nothing was allocated
+
+
+def test_deeply_nested_or_huge_sidecars_are_one_line_errors(run: Path) -> None:
+    (run / "last.json").write_text('{"model_name": "vgg", "x": ' + "[" * 100_000 + "]" * 100_000 + "}")
+    with pytest.raises(LTPAError, match=r"corrupt checkpoint sidecar .* nested too deeply"):
+        load_model(run)
+    with open(run / "last.json", "w") as fh:
+        fh.write('{"model_name": "vgg", "pad": "')
+        fh.write("x" * (17 * 2**20))
+        fh.write('"}')
+    with pytest.raises(LTPAError, match="not an ltpa checkpoint sidecar"):
+        load_model(run)
+
+
+def test_tampered_pretrained_config_is_refused_before_building(tmp_path: Path) -> None:
+    folder = tiny_model().save_pretrained(tmp_path / "w")
+    config = json.loads((folder / "config.json").read_text())
+    config["model_kwargs"]["width"] = 1e6
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(LTPAError, match=r"width in config\.json of .* must be a number in 0\.001\.\.4"):
+        ltpa.LTPAModel.from_pretrained(folder)
+    config["model_kwargs"]["width"] = 0.0625
+    config["pretrained_cfg"] = "x"
+    (folder / "config.json").write_text(json.dumps(config))
+    with pytest.raises(LTPAError, match=r"pretrained_cfg in config\.json of .* must be a mapping"):
+        ltpa.create_model("vgg_att2_concat_pc", pretrained=str(folder))
+
+
+@pytest.mark.parametrize(
+    ("config", "words"),
+    [
+        (
+            {"data": "cluttered-digits", "data_options": {"num_test": 10**9}},
+            "num_test=1000000000 is out of range",
+        ),
+        ({"data": "image-folder", "root": "/"}, "root '/' is not a dataset folder"),
+        ({"data": "cluttered-digits", "data_options": ["num_test"]}, "is malformed"),
+        ({"data": ["cluttered-digits"]}, "is malformed"),
+        ({"data": "cluttered-digits", "data_options": {"seed": {"a": 1}}}, "seed=.* is not a plain value"),
+    ],
+)
+def test_eval_with_the_recorded_data_checks_it_first(
+    run: Path, config: dict, words: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Without --data, evaluation reads the data the sidecar records: 1e9 test images ran for minutes at
+    4 GB, and root "/" walked the whole file system."""
+    _edit_sidecar(run, lambda m: m.update(config=config))
+    assert main(["eval", str(run), "--out", str(run.parent / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and re.search(words, err) and "give --data NAME" in err
+
+
+def test_create_model_refuses_absurd_sizes_from_code_too() -> None:
+    with pytest.raises(LTPAError, match=r"num_classes must be a number in 1\.\.100000"):
+        ltpa.create_model("vgg", num_classes=10**9)
+    with pytest.raises(LTPAError, match="width must be a number"):
+        ltpa.create_model("vgg", width=float("inf"))
+    with pytest.raises(LTPAError, match="does not take these arguments"):
+        ltpa.create_model("vgg", colour="blue")

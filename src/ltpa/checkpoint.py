@@ -23,6 +23,7 @@ from ltpa.utils import atomic_write, json_safe
 __all__ = [
     "atomic_write",
     "check_finite",
+    "check_sidecar",
     "checkpoint_paths",
     "first_non_finite",
     "load_model",
@@ -159,13 +160,58 @@ def resolve_checkpoint(path: str | os.PathLike[str], which: str = "last") -> Pat
 def read_sidecar(path: str | os.PathLike[str], which: str = "last") -> dict[str, Any]:
     """The JSON sidecar of a checkpoint (see :func:`resolve_checkpoint` for ``path``)."""
     _, sidecar = checkpoint_paths(resolve_checkpoint(path, which))
+    if sidecar.stat().st_size > MAX_SIDECAR_BYTES:
+        raise LTPAError(f"{sidecar} is {sidecar.stat().st_size:,} bytes, not an ltpa checkpoint sidecar")
     try:
         meta = json.loads(sidecar.read_text())
-    except json.JSONDecodeError as err:
-        raise LTPAError(f"corrupt checkpoint sidecar {sidecar}: {err}; retrain or restore it") from err
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        detail = "nested too deeply" if isinstance(err, RecursionError) else err
+        raise LTPAError(f"corrupt checkpoint sidecar {sidecar}: {detail}; retrain or restore it") from err
     if not isinstance(meta, dict) or "model_name" not in meta:
         raise LTPAError(f"{sidecar} is not an ltpa checkpoint sidecar (no model_name)")
+    check_sidecar(meta, str(sidecar))
     return meta
+
+
+# A sidecar is a few kilobytes (the config and per-epoch metrics); anything far larger is not one.
+MAX_SIDECAR_BYTES = 16 * 2**20
+
+# sidecar field -> the types it may hold (None always allowed except for model_name and model_kwargs)
+_SIDECAR_TYPES: dict[str, tuple[type, ...]] = {
+    "model_name": (str,),
+    "model_kwargs": (dict,),
+    "num_classes": (int,),
+    "img_size": (int,),
+    "epoch": (int,),
+    "metrics": (dict,),
+    "config": (dict,),
+    "classes": (list,),
+}
+
+
+def check_sidecar(meta: dict[str, Any], where: str) -> None:
+    """Checks the fields of a checkpoint sidecar (or a pretrained folder's config.json) that ltpa reads, by
+    type and range, before anything is built from them (a tampered file must not allocate terabytes or
+    fail with a TypeError).
+
+    Raises:
+        LTPAError: naming the field and ``where``.
+    """
+    from ltpa.models import check_model_kwargs
+
+    for key, types in _SIDECAR_TYPES.items():
+        value = meta.get(key)
+        required = key in ("model_name", "model_kwargs") and key in meta
+        if (value is not None or required) and (not isinstance(value, types) or isinstance(value, bool)):
+            words = " or ".join("mapping" if t is dict else t.__name__ for t in types)
+            raise LTPAError(f"{key} in {where} must be a {words}, got {value!r:.80}; restore the file")
+    check_model_kwargs(meta.get("model_kwargs") or {}, f" in {where}")
+    classes = meta.get("classes")
+    if classes is not None and not all(isinstance(c, str) for c in classes):
+        raise LTPAError(f"classes in {where} must be a list of names; restore the file")
+    for key in ("num_classes", "img_size"):
+        if meta.get(key) is not None:
+            check_model_kwargs({key: meta[key]}, f" in {where}")
 
 
 def load_model(

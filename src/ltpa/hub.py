@@ -266,15 +266,24 @@ def _split_hub_id(source: str) -> tuple[str, str | None]:
 
 
 def _read_config(path: Path, source: str) -> dict[str, Any]:
+    from ltpa.checkpoint import MAX_SIDECAR_BYTES, check_sidecar
+
     try:
+        if path.stat().st_size > MAX_SIDECAR_BYTES:
+            raise LTPAError(f"{CONFIG_NAME} of {source} is {path.stat().st_size:,} bytes, not an ltpa config")
         config = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise LTPAError(f"cannot read {CONFIG_NAME} of {source}: {err}") from err
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        detail = "nested too deeply" if isinstance(err, RecursionError) else err
+        raise LTPAError(f"cannot read {CONFIG_NAME} of {source}: {detail}") from err
     if not isinstance(config, dict) or "model_name" not in config:
         raise LTPAError(
             f"{CONFIG_NAME} of {source} is not an ltpa config (no model_name); it is written by "
             "model.save_pretrained or `ltpa export RUN --format hf`"
         )
+    check_sidecar(config, f"{CONFIG_NAME} of {source}")
+    pretrained_cfg = config.get("pretrained_cfg")
+    if pretrained_cfg is not None and not isinstance(pretrained_cfg, dict):
+        raise LTPAError(f"pretrained_cfg in {CONFIG_NAME} of {source} must be a mapping; restore the file")
     return config
 
 
