@@ -1,5 +1,5 @@
 """Files ltpa writes into a user's folders: never through a symbolic link planted there, never over a file ltpa
-did not write without ``--overwrite``, and whole or not at all (STYLE 15, docs/reliability.md).
+did not write without ``--overwrite``, and whole or not at all (CONTRIBUTING.md §13, docs/reliability.md).
 
 Each symlink test plants a link named like one of ltpa's files that points at a "victim" file outside the
 folder, runs the command, and checks that the victim is byte for byte what it was."""
