@@ -400,3 +400,62 @@ def test_demo_does_not_redo_a_train_run_named_like_its_model(
     (mine / "run.json").write_text('{"argv": [], "started": "now"}')
     _prepare_out(tmp_path / "demo2", ["vgg"], cfg=cfg)
     assert list(mine.iterdir()) == []
+
+
+# ---------------------------------------------------------------------------------------------- full disk
+
+
+def _disk_fills(monkeypatch: pytest.MonkeyPatch, after: int = 0) -> list[str]:
+    """From the ``after + 1``-th weights file on, safetensors fails as it does on a full disk (checked on a
+    64 KiB tmpfs: ``SafetensorError("Error while serializing: I/O error: No space left on device (os error
+    28)")``, after writing part of the file)."""
+    import safetensors.torch
+    from safetensors import SafetensorError
+
+    real = safetensors.torch.save_file
+    calls: list[str] = []
+
+    def save_file(tensors, filename, metadata=None):  # type: ignore[no-untyped-def]
+        calls.append(str(filename))
+        if len(calls) <= after:
+            return real(tensors, filename, metadata=metadata)
+        Path(filename).write_bytes(b"\0" * 100)
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", save_file)
+    return calls
+
+
+def test_a_full_disk_during_training_is_one_line_and_keeps_the_last_good_checkpoint(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import yaml
+
+    settings = tiny_train_config(tmp_path, epochs=2).to_dict()
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(settings))
+    with monkeypatch.context() as m:
+        _disk_fills(m, after=3)  # epoch 1 writes resume, last, best; the disk fills at epoch 2's resume state
+        assert main(["train", "--config", str(tmp_path / "c.yaml")]) == 2  # was a SafetensorError traceback
+    err = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "resume.safetensors: No space left on device (the disk is full" in err and ".tmp" not in err
+    run = tmp_path / "run"
+    assert ltpa.load_model(run).checkpoint["epoch"] == 1
+    assert not [p.name for p in run.iterdir() if p.name.endswith(".tmp")]
+    assert main(["train", "--resume", str(run), "--quiet"]) == 0  # space freed: the run continues
+    assert ltpa.load_model(run).checkpoint["epoch"] == 2
+
+
+def test_a_full_disk_during_an_hf_export_is_one_line_and_keeps_the_earlier_export(
+    export_run: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    out = tmp_path / "shared"
+    assert main(["export", str(export_run), "--format", "hf", "--out", str(out)]) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    _disk_fills(monkeypatch)
+    assert main(["export", str(export_run), "--format", "hf", "--out", str(out)]) == 2  # was SafetensorError
+    err = capsys.readouterr().err.strip()
+    assert (
+        len(err.splitlines()) == 1 and f"cannot use {out}: No space left on device (the disk is full" in err
+    )
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporary folder

@@ -7,14 +7,18 @@ Loading never unpickles anything. A run folder holds ``last`` and ``best`` check
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import safetensors.torch
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError
+from safetensors.torch import load_file
 
 from ltpa.errors import LTPAError
 from ltpa.models import LTPAModel, create_model
@@ -32,6 +36,7 @@ __all__ = [
     "refuse_non_finite",
     "resolve_checkpoint",
     "save_checkpoint",
+    "save_weights",
 ]
 
 FORMAT_VERSION = 1
@@ -75,6 +80,26 @@ def refuse_non_finite(state: Mapping[str, torch.Tensor], what: str) -> None:
         )
 
 
+def save_weights(
+    state: Mapping[str, torch.Tensor], path: str | os.PathLike[str], metadata: dict[str, str] | None = None
+) -> None:
+    """``safetensors.torch.save_file``, whose I/O failures (a full disk above all) become the ``OSError`` they
+    are, with their errno and ``path``, instead of a ``SafetensorError`` that names neither; use it inside
+    :func:`atomic_write`.
+
+    Raises:
+        OSError: the write failed (e.g. ``ENOSPC``).
+    """
+    try:
+        safetensors.torch.save_file(dict(state), os.fspath(path), metadata=metadata)
+    except (
+        SafetensorError
+    ) as err:  # e.g. "Error while serializing: I/O error: No space left ... (os error 28)"
+        found = re.search(r"os error (\d+)", str(err))
+        code = int(found[1]) if found else errno.EIO
+        raise OSError(code, os.strerror(code), os.fspath(path)) from err
+
+
 def read_weights(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """The tensors of a safetensors file, on the CPU, checked to be finite: what every reader of weights in
     ltpa (checkpoints, pretrained folders, ``--init-from``, ``--resume``, backbone files) goes through.
@@ -115,7 +140,7 @@ def save_checkpoint(
     weights, sidecar = checkpoint_paths(stem)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     refuse_non_finite(state, "checkpoint")
-    atomic_write(weights, lambda tmp: save_file(state, tmp, metadata={"format": "ltpa", "model": name}))
+    atomic_write(weights, lambda tmp: save_weights(state, tmp, metadata={"format": "ltpa", "model": name}))
     from ltpa import __version__
 
     meta = {

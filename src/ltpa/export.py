@@ -413,7 +413,10 @@ def _export_hf(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        save_pretrained(model, tmp)
+        try:
+            save_pretrained(model, tmp)
+        except OSError as err:  # name the folder the user asked for, not the temporary one (e.g. a full disk)
+            raise OSError(err.errno, err.strerror, str(path)) from err
         if check:
             _check_hf(tmp, model, img_size=img_size, atol=atol, rtol=rtol, load=from_pretrained)
         path.mkdir(exist_ok=True)

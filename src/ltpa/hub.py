@@ -185,10 +185,8 @@ def save_pretrained(
     Raises:
         LTPAError: for a model not made by ``create_model``.
     """
-    from safetensors.torch import save_file
-
     from ltpa import __version__
-    from ltpa.checkpoint import atomic_write, refuse_non_finite
+    from ltpa.checkpoint import atomic_write, refuse_non_finite, save_weights
 
     model = getattr(model, "module", model)  # unwrap DDP
     name = getattr(model, "model_name", None)
@@ -223,7 +221,7 @@ def save_pretrained(
     digest: list[str] = []
 
     def write_weights(tmp: str) -> None:
-        save_file(state, tmp, metadata={"format": "pt", "model": name})
+        save_weights(state, tmp, metadata={"format": "pt", "model": name})
         digest.append(_sha256(Path(tmp)))
 
     atomic_write(directory / WEIGHTS_NAME, write_weights)

@@ -44,10 +44,9 @@ import torch
 import torch.nn.functional as F
 import yaml
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 
-from ltpa.checkpoint import atomic_write, first_non_finite, read_weights, save_checkpoint
+from ltpa.checkpoint import atomic_write, first_non_finite, read_weights, save_checkpoint, save_weights
 from ltpa.config import TrainConfig, _check_keys, _check_types, _validate
 from ltpa.errors import LTPAError
 from ltpa.models import LTPAModel, create_model
@@ -603,7 +602,7 @@ def _save_resume(
             else:
                 opt_scalars.setdefault(str(pid), {})[key] = value
     meta = {**meta, "param_groups": opt["param_groups"], "optim_scalars": opt_scalars}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"ltpa_state": json.dumps(meta)}))
+    atomic_write(path, lambda tmp: save_weights(tensors, tmp, metadata={"ltpa_state": json.dumps(meta)}))
 
 
 def _read_resume_meta(path: Path) -> dict[str, Any]:

@@ -133,9 +133,9 @@ def cached_features(
     Returns:
         ``(features (N, F), labels (N,), classes)``.
     """
-    from safetensors.torch import load_file, save_file
+    from safetensors.torch import load_file
 
-    from ltpa.checkpoint import atomic_write
+    from ltpa.checkpoint import atomic_write, save_weights
 
     key = {
         "model": _checkpoint_identity(model),
@@ -178,7 +178,7 @@ def cached_features(
     tensors = {"features": feats.contiguous(), "labels": labels.contiguous()}
     sidecar = json.dumps({**key, "classes": loaded.classes}, indent=2, default=str)
     atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(sidecar))
-    atomic_write(path, lambda tmp: save_file(tensors, tmp))
+    atomic_write(path, lambda tmp: save_weights(tensors, tmp))
     return feats, labels, loaded.classes
 
 
