@@ -379,3 +379,52 @@ def test_create_model_refuses_absurd_sizes_from_code_too() -> None:
         ltpa.create_model("vgg", width=float("inf"))
     with pytest.raises(LTPAError, match="does not take these arguments"):
         ltpa.create_model("vgg", colour="blue")
+
+
+# ------------------------------------------------------------------------------- one line, not a traceback
+
+
+def test_export_with_an_impossible_image_size_is_one_line(
+    run: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for size in ("-5", "0", "100000"):
+        assert main(["export", str(run), "--img-size", size, "--out", str(run.parent / "x")]) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and "--img-size must be a whole number of pixels in 1..4096" in err
+
+
+def test_resume_with_another_runs_or_an_edited_resume_state_is_one_line(tmp_path: Path) -> None:
+    from ltpa.train import RESUME_FILE, fit
+
+    fit(tiny_train_config(tmp_path, epochs=1))
+    fit(tiny_train_config(tmp_path, "wide", epochs=1, width=0.25))
+    run, state = tmp_path / "run", tmp_path / "run" / RESUME_FILE
+    own = state.read_bytes()
+    state.write_bytes((tmp_path / "wide" / RESUME_FILE).read_bytes())  # another run's, of a wider model
+    with pytest.raises(LTPAError, match=r"resume state .* does not fit the model and optimiser") as info:
+        fit(tiny_train_config(tmp_path, epochs=2), resume=run)
+    assert "\n" not in str(info.value)
+    state.write_bytes(own)
+    with safe_open(str(state), framework="pt") as fh:
+        meta = json.loads(fh.metadata()["ltpa_state"])
+    del meta["epoch"]
+    tensors = load_file(str(state))
+    save_file(tensors, str(state), metadata={"ltpa_state": json.dumps(meta)})
+    with pytest.raises(LTPAError, match="is not one ltpa wrote"):
+        fit(tiny_train_config(tmp_path, epochs=2), resume=run)
+
+
+def test_a_truncated_transfer_feature_cache_is_one_line(run: Path, tmp_path: Path) -> None:
+    from ltpa.evaluate.transfer import cached_features
+
+    model = load_model(run)
+    options = {"num_test": 8, "img_size": 16}
+    args = {"cache_dir": tmp_path / "cache", "options": options, "progress": False}
+    first = cached_features(model, "cluttered-digits", None, "test", **args)
+    (cache,) = (tmp_path / "cache").glob("*.safetensors")
+    cache.write_bytes(cache.read_bytes()[:50])
+    with pytest.raises(LTPAError, match=r"feature cache .* is unreadable .*; delete it to extract again"):
+        cached_features(model, "cluttered-digits", None, "test", **args)
+    cache.unlink()
+    again = cached_features(model, "cluttered-digits", None, "test", **args)
+    torch.testing.assert_close(again[0], first[0])

@@ -46,6 +46,7 @@ __all__ = ["FORMATS", "ExportedOutputs", "check_export", "export_model", "onnx_o
 Format = Literal["onnx", "torchscript", "hf"]
 # format -> what the default output name appends to the checkpoint stem (hf: a folder)
 FORMATS: dict[str, str] = {"onnx": ".onnx", "torchscript": ".pt", "hf": "-hf"}
+MAX_IMG_SIZE = 4096  # the exported input side: also the side of the random images the check runs
 _CHECK_BATCH = 3  # differs from the tracing batch of 2, so a batch size baked into the graph is caught
 
 
@@ -318,6 +319,13 @@ def export_model(
     """
     if format not in FORMATS:
         raise LTPAError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+    if img_size is not None and not (
+        isinstance(img_size, int) and not isinstance(img_size, bool) and 1 <= img_size <= MAX_IMG_SIZE
+    ):
+        raise LTPAError(
+            f"--img-size must be a whole number of pixels in 1..{MAX_IMG_SIZE}, got {img_size!r}; omit it for "
+            "the model's own input size"
+        )
     if format == "hf":
         if with_maps:
             raise LTPAError("--with-maps is for onnx and torchscript; an hf folder holds the whole model")

@@ -611,6 +611,24 @@ def _read_resume_meta(path: Path) -> dict[str, Any]:
             meta: dict[str, Any] = json.loads((fh.metadata() or {})["ltpa_state"])
     except Exception as err:  # safetensors' own error types for truncated or foreign files
         raise LTPAError(f"cannot read resume state {path}: {err}") from err
+    counts = ("epoch", "step", "global_step")
+    ok = (
+        isinstance(meta, dict)
+        and all(
+            isinstance(meta.get(k), int) and not isinstance(meta.get(k), bool) and meta[k] >= 0
+            for k in counts
+        )
+        and isinstance(meta.get("history"), list)
+        and all(isinstance(r, dict) for r in meta["history"])
+        and isinstance(meta.get("param_groups"), list)
+        and isinstance(meta.get("optim_scalars"), dict)
+        and "accumulators" in meta
+    )
+    if not ok:
+        raise LTPAError(
+            f"resume state {path} is not one ltpa wrote (its metadata lacks the loop's position or the "
+            "optimiser's settings); restore it, or start again with --overwrite"
+        )
     return meta
 
 
@@ -708,15 +726,27 @@ def _resume_config(
 def _load_resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     meta = _read_resume_meta(path)
     tensors = read_weights(path)  # model and optimiser state, checked to be finite
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    state: dict[int, dict[str, Any]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, pid, name = key.split(".", 2)
-            state.setdefault(int(pid), {})[name] = value
-    for pid, scalars in meta.pop("optim_scalars").items():
-        state.setdefault(int(pid), {}).update(scalars)
-    optimizer.load_state_dict({"state": state, "param_groups": meta.pop("param_groups")})
+    misfit = (
+        f"resume state {path} does not fit the model and optimiser of the run's config.yaml; it belongs to "
+        "another run or one of the two was edited: restore them, or start again with --overwrite"
+    )
+    try:
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        state: dict[int, dict[str, Any]] = {}
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                _, pid, name = key.split(".", 2)
+                state.setdefault(int(pid), {})[name] = value
+        for pid, scalars in meta.pop("optim_scalars").items():
+            state.setdefault(int(pid), {}).update(scalars)
+        optimizer.load_state_dict({"state": state, "param_groups": meta.pop("param_groups")})
+    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as err:
+        detail = str(err).strip().splitlines()
+        raise LTPAError(f"{misfit} ({detail[-1].strip() if detail else type(err).__name__})") from err
+    own = {id(p) for p in model.parameters()}
+    for group in optimizer.param_groups:  # an edited param group could point the optimiser elsewhere
+        if any(id(p) not in own for p in group["params"]):
+            raise LTPAError(misfit)
     return meta
 
 

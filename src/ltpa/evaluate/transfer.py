@@ -133,6 +133,7 @@ def cached_features(
     Returns:
         ``(features (N, F), labels (N,), classes)``.
     """
+    from safetensors import SafetensorError
     from safetensors.torch import load_file
 
     from ltpa.checkpoint import atomic_write, save_weights
@@ -155,7 +156,7 @@ def cached_features(
             tensors = load_file(str(path))
             meta = json.loads(path.with_suffix(".json").read_text())
             return tensors["features"], tensors["labels"], list(meta["classes"])
-        except (OSError, ValueError, KeyError) as err:
+        except (OSError, ValueError, KeyError, SafetensorError) as err:  # a truncated cache among them
             raise LTPAError(
                 f"feature cache {path} is unreadable ({err}); delete it to extract again"
             ) from err
