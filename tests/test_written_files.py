@@ -409,10 +409,11 @@ def _disk_fills(monkeypatch: pytest.MonkeyPatch, after: int = 0) -> list[str]:
     """From the ``after + 1``-th weights file on, safetensors fails as it does on a full disk (checked on a
     64 KiB tmpfs: ``SafetensorError("Error while serializing: I/O error: No space left on device (os error
     28)")``, after writing part of the file)."""
-    import safetensors.torch
     from safetensors import SafetensorError
 
-    real = safetensors.torch.save_file
+    import ltpa.checkpoint
+
+    real = ltpa.checkpoint.save_file
     calls: list[str] = []
 
     def save_file(tensors, filename, metadata=None):  # type: ignore[no-untyped-def]
@@ -422,7 +423,7 @@ def _disk_fills(monkeypatch: pytest.MonkeyPatch, after: int = 0) -> list[str]:
         Path(filename).write_bytes(b"\0" * 100)
         raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
 
-    monkeypatch.setattr(safetensors.torch, "save_file", save_file)
+    monkeypatch.setattr(ltpa.checkpoint, "save_file", save_file)  # what every weights writer calls
     return calls
 
 

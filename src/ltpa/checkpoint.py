@@ -15,10 +15,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import safetensors.torch
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 
 from ltpa.errors import LTPAError
 from ltpa.models import LTPAModel, create_model
@@ -91,10 +90,8 @@ def save_weights(
         OSError: the write failed (e.g. ``ENOSPC``).
     """
     try:
-        safetensors.torch.save_file(dict(state), os.fspath(path), metadata=metadata)
-    except (
-        SafetensorError
-    ) as err:  # e.g. "Error while serializing: I/O error: No space left ... (os error 28)"
+        save_file(dict(state), os.fspath(path), metadata=metadata)
+    except SafetensorError as err:  # "Error while serializing: I/O error: No space left ... (os error 28)"
         found = re.search(r"os error (\d+)", str(err))
         code = int(found[1]) if found else errno.EIO
         raise OSError(code, os.strerror(code), os.fspath(path)) from err
