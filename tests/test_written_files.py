@@ -460,3 +460,31 @@ def test_a_full_disk_during_an_hf_export_is_one_line_and_keeps_the_earlier_expor
     )
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temporary folder
+
+
+# ------------------------------------------------------------------------------------- killed temporaries
+
+
+def test_temporaries_a_killed_training_left_are_removed_on_resume(tmp_path: Path) -> None:
+    """A SIGKILL inside atomic_write leaves its hidden temporary file; the resumed run removes it."""
+    from ltpa.train import fit
+
+    fit(tiny_train_config(tmp_path, epochs=1))
+    run = tmp_path / "run"
+    stale = [run / ".last.safetensors.k3j4x.tmp", run / ".resume.safetensors.q9_1z.tmp"]
+    for path in stale:
+        path.write_bytes(b"\0" * 64)
+    (run / "notes.tmp").write_text("mine")
+    fit(tiny_train_config(tmp_path, epochs=2), resume=run)
+    assert not any(p.exists() for p in stale)
+    assert (run / "notes.tmp").read_text() == "mine"
+
+
+def test_temporaries_a_killed_export_left_are_removed_by_the_next(export_run: Path, tmp_path: Path) -> None:
+    out = tmp_path / "model.onnx"
+    stale = tmp_path / ".model.onnx.a1b2c3.tmp"
+    stale.write_bytes(b"partial")
+    other = tmp_path / ".other.onnx.a1b2c3.tmp"
+    other.write_bytes(b"not ours to remove")
+    assert main(["export", str(export_run), "--no-check", "--file", str(out)]) == 0
+    assert not stale.exists() and other.exists() and out.is_file()

@@ -26,6 +26,7 @@ has deprecated TorchScript (``torch.jit``) in favour of ``torch.export``; ONNX i
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import math
 import os
@@ -351,6 +352,7 @@ def export_model(
         raise LTPAError(
             f"{path} exists and is not an ltpa export; choose another file, or pass --overwrite to replace it"
         )
+    _remove_stale_temporaries(path)
     names = output_names(model, with_maps)
     meta = _metadata(model, img_size, names)
     device = next(iter(model.parameters())).device
@@ -377,6 +379,14 @@ def export_model(
     finally:
         model.train(was_training)
     return path
+
+
+def _remove_stale_temporaries(path: Path) -> None:
+    """Deletes the temporary files an export of ``path`` killed midway left beside it (``.<name>.*.tmp``)."""
+    if path.parent.is_dir():
+        for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+            if stale.is_file() and not stale.is_symlink():
+                stale.unlink()
 
 
 def _exported_by_ltpa(path: Path) -> bool:

@@ -452,6 +452,15 @@ def _is_run(run_dir: Path) -> bool:
     return isinstance(info, dict) and "started" in info and "argv" in info
 
 
+def _remove_temporaries(run_dir: Path) -> None:
+    """Deletes the temporary files of ``atomic_write`` that a killed training left in ``run_dir`` (the caller
+    holds the folder's lock, so no other training is writing them)."""
+    for path in run_dir.iterdir():
+        match = _TMP.fullmatch(path.name)
+        if match is not None and match["name"] in RUN_FILES and path.is_file() and not path.is_symlink():
+            path.unlink()
+
+
 def foreign_files(run_dir: str | os.PathLike[str]) -> list[str]:
     """Names of the entries of ``run_dir`` that ltpa's training does not write (sorted; [] for no folder).
 
@@ -840,6 +849,8 @@ def fit(
         resume_meta: dict[str, Any] | None = None
         notes: list[str] = []
         if resume is not None:
+            if dist_info.main:
+                _remove_temporaries(run_dir)
             cfg, resume_meta, notes = _resume_config(
                 run_dir, cfg, changes or {}, dist_info.main and not cfg.quiet
             )
