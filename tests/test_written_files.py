@@ -488,3 +488,24 @@ def test_temporaries_a_killed_export_left_are_removed_by_the_next(export_run: Pa
     other.write_bytes(b"not ours to remove")
     assert main(["export", str(export_run), "--no-check", "--file", str(out)]) == 0
     assert not stale.exists() and other.exists() and out.is_file()
+
+
+def test_two_evaluations_into_one_folder_keep_both_reports(
+    colour_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+    import shutil
+
+    other = tmp_path / "other"
+    shutil.copytree(colour_run, other)
+    folder = _colour_folder(tmp_path / "data", ["blue", "green", "red"])
+    out = tmp_path / "e"
+    assert _eval(colour_run, folder, out) == 0
+    assert _eval(other, folder, out) == 0  # the first report was replaced by the second
+    assert set(json.loads((out / "eval.json").read_text())) == {"colours", "other"}
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "eval.json").write_text('{"my": "notes"}')
+    assert _eval(colour_run, folder, mine) == 2
+    assert "is not an ltpa evaluation report" in capsys.readouterr().err
+    assert (mine / "eval.json").read_text() == '{"my": "notes"}'
