@@ -18,11 +18,18 @@ from typing import Any
 
 dependencies = ["torch", "timm"]
 
-try:
-    import ltpa
-except ImportError:  # a checkout that is not installed: use its src/ folder
-    sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "src"))
-    import ltpa
+# torch.hub.load(PATH) must run PATH's code, not an ltpa installed elsewhere: put PATH's src/ first.
+_SRC = os.path.join(os.path.dirname(os.path.realpath(__file__)), "src")
+if os.path.isdir(os.path.join(_SRC, "ltpa")):
+    _loaded = sys.modules.get("ltpa")
+    if _loaded is None:
+        sys.path.insert(0, _SRC)
+    elif not os.path.realpath(str(_loaded.__file__)).startswith(os.path.join(_SRC, "ltpa") + os.sep):
+        raise ImportError(
+            f"torch.hub.load would run the ltpa already imported from {os.path.dirname(str(_loaded.__file__))} "
+            f"rather than the code in {_SRC}; load it in a Python process that has not imported ltpa yet"
+        )
+import ltpa  # noqa: E402
 
 
 def create_model(name: str, *args: Any, **kwargs: Any) -> ltpa.LTPAModel:

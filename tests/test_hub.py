@@ -141,3 +141,38 @@ def test_torch_hub_load_local(tmp_path):
         str(REPO_ROOT), "create_model", "timm/test_resnet_att2_pc", source="local", num_classes=2, img_size=64
     )
     assert family.model_name == "timm/test_resnet_att2_pc"
+
+
+def _copy_of_the_repository(tmp_path):
+    import shutil
+
+    copy = tmp_path / "checkout"
+    shutil.copytree(
+        REPO_ROOT / "src" / "ltpa", copy / "src" / "ltpa", ignore=shutil.ignore_patterns("__pycache__")
+    )
+    shutil.copy(REPO_ROOT / "hubconf.py", copy / "hubconf.py")
+    return copy
+
+
+@pytest.mark.slow  # two fresh interpreters
+def test_torch_hub_load_local_runs_that_checkouts_code(tmp_path):
+    """It ran whatever ltpa was installed (or imported) instead of the checkout's code."""
+    import os
+    import subprocess
+    import sys
+
+    copy = _copy_of_the_repository(tmp_path)
+    code = (
+        "import sys, torch\n"
+        "m = torch.hub.load(sys.argv[1], 'vgg', source='local', num_classes=3, width=0.0625, img_size=16)\n"
+        "import ltpa; print(ltpa.__file__)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # as a user: ltpa installed elsewhere
+    done = subprocess.run([sys.executable, "-c", code, str(copy)], capture_output=True, text=True, env=env)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(copy / "src" / "ltpa" / "__init__.py")
+    # with another ltpa already imported, it says so rather than running the wrong code
+    code = "import sys, torch, ltpa\ntorch.hub.load(sys.argv[1], 'vgg', source='local')\n"
+    env["PYTHONPATH"] = str(REPO_ROOT / "src")
+    done = subprocess.run([sys.executable, "-c", code, str(copy)], capture_output=True, text=True, env=env)
+    assert done.returncode != 0 and "rather than the code in" in done.stderr

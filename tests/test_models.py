@@ -8,8 +8,9 @@ import ltpa.cli
 from ltpa.errors import LTPAError
 from ltpa.models import model_info
 
-# method §2.6: (model name, kwargs, {K: parameter count}).
-PAPER_COUNTS = [
+# method §2.6: (model name, kwargs, {K: parameter count}), derived from the official code's layer definitions
+# (the paper gives no counts for most of these models).
+OFFICIAL_COUNTS = [
     ("vgg", {}, {10: 14_991_946, 100: 15_038_116, 200: 15_089_416}),
     ("vgg_att2_concat_pc", {}, {10: 19_720_780, 100: 19_813_030, 200: 19_915_530}),
     ("vgg_att2_concat_dp", {}, {10: 19_719_754, 100: 19_812_004}),
@@ -19,13 +20,29 @@ PAPER_COUNTS = [
     ("resnet164", {}, {10: 1_703_258, 100: 1_726_388}),
     ("resnet164_att2_concat_pc", {}, {10: 2_395_484, 100: 2_430_134}),
 ]
-CASES = [(n, kw, k, count) for n, kw, counts in PAPER_COUNTS for k, count in counts.items()]
+CASES = [(n, kw, k, count) for n, kw, counts in OFFICIAL_COUNTS for k, count in counts.items()]
 
 
 @pytest.mark.parametrize("name,kwargs,k,count", CASES)
-def test_parameter_counts_match_paper(name, kwargs, k, count):
+def test_parameter_counts_match_the_official_layer_definitions(name, kwargs, k, count):
     img_size = 80 if k == 200 else 32
     assert model_info(name, num_classes=k, img_size=img_size, **kwargs)["params"] == count
+
+
+# method §2.6: parameters of pc models that the loss never reaches (the global path, method §1.7 item 2)
+UNTRAINED_COUNTS = [
+    ("vgg_att3_concat_pc", {}, 5_116_672),
+    ("vgg_att3_concat_pc", {"match": "local"}, 4_985_344),
+]
+
+
+@pytest.mark.parametrize("name,kwargs,untrained", UNTRAINED_COUNTS)
+def test_parameters_trained_by_the_loss_match_the_method(name, kwargs, untrained):
+    torch.manual_seed(0)
+    model = ltpa.create_model(name, num_classes=10, img_size=32, **kwargs).train()
+    torch.nn.functional.cross_entropy(model(torch.rand(4, 3, 32, 32)), torch.arange(4)).backward()
+    dead = sum(p.numel() for p in model.parameters() if p.grad is None or not bool(p.grad.ne(0).any()))
+    assert dead == untrained
 
 
 def test_registry_has_every_paper_name():

@@ -12,6 +12,7 @@ too large (method §3.1).
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -227,6 +228,9 @@ def resolve_config(
     return cfg
 
 
+MAX_CONFIG_BYTES = 1 << 20
+
+
 def load_yaml(yaml_path: str | Path) -> dict[str, Any]:
     """The config keys of a YAML file, checked for unknown keys and value types.
 
@@ -234,6 +238,10 @@ def load_yaml(yaml_path: str | Path) -> dict[str, Any]:
         LTPAError: a missing or malformed file, an unknown key or a value of the wrong type.
     """
     path = Path(yaml_path)
+    if path.exists() and not path.is_file():  # reading a FIFO or a device would block or never end
+        raise LTPAError(f"config file {path} is not a regular file; give the path of a YAML file")
+    if path.is_file() and path.stat().st_size > MAX_CONFIG_BYTES:
+        raise LTPAError(f"config file {path} is {path.stat().st_size:,} bytes, too large for a config")
     try:
         loaded = yaml.safe_load(path.read_text()) or {}
     except FileNotFoundError:
@@ -347,7 +355,13 @@ def _validate(cfg: TrainConfig) -> None:
         raise LTPAError(f"unknown channels_last {cfg.channels_last!r}; choose auto, on or off")
     if cfg.threads is not None and cfg.threads < 1:
         raise LTPAError(f"threads must be at least 1 (got {cfg.threads}); omit it to use the idle cores")
-    if cfg.lr <= 0 or cfg.width <= 0:
-        raise LTPAError("lr and width must be positive")
+    for key, value in cfg.to_dict().items():  # inf or nan passes every comparison below
+        numbers = value if isinstance(value, list) else [value]
+        if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
+            raise LTPAError(f"{key} must be a finite number, got {value!r}")
+    if cfg.lr <= 0 or not 0 < cfg.width <= 4:
+        raise LTPAError(f"lr must be positive and width in (0, 4], got lr {cfg.lr!r} and width {cfg.width!r}")
+    if not 0 <= cfg.seed < 2**63:
+        raise LTPAError(f"seed must be a whole number in 0..2**63-1, got {cfg.seed}")
     if cfg.eval_split == "train" or not cfg.eval_split:
         raise LTPAError(f"eval_split must be a held-out split such as test or val, got {cfg.eval_split!r}")

@@ -20,8 +20,8 @@ from ltpa.config import TrainConfig
 from ltpa.errors import LTPAError
 from ltpa.models import LTPAModel
 from ltpa.runtime import describe_runtime
+from ltpa.utils import atomic_write, to_unit_float
 from ltpa.utils import log as logger
-from ltpa.utils import to_unit_float
 
 __all__ = ["DemoConfig", "run_demo"]
 
@@ -161,10 +161,39 @@ def _figure_curves(histories: dict[str, list[dict[str, Any]]], data: str, path: 
         save_figure(figure, path, dpi=110)
 
 
-def _prepare_out(out: Path, names: list[str], overwrite: bool = False) -> None:
+# The settings that make a training the demo's: a run folder whose config.yaml has others is not redone.
+_DEMO_SETTINGS: tuple[str, ...] = (
+    "model", "data", "data_options", "model_kwargs", "width", "batch_size", "optimizer", "lr", "lr_schedule",
+    "warmup", "augment", "seed",
+)  # fmt: skip
+
+
+def _made_by_demo(out: Path, run: Path, cfg: DemoConfig | None) -> bool:
+    """Whether the training in ``run`` is one of the demo's: ``out/summary.json`` (written by a finished
+    demo) lists it, or its settings are the demo's (an interrupted demo started it)."""
+    import yaml
+
+    try:
+        summary = json.loads((out / "summary.json").read_text())
+        if isinstance(summary, dict) and run.name in (summary.get("models") or {}):
+            return True
+    except (OSError, UnicodeDecodeError, ValueError):
+        pass  # no finished demo there
+    if cfg is None:
+        return False
+    try:
+        saved = yaml.safe_load((run / "config.yaml").read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return False
+    wanted = json.loads(json.dumps(cfg.train_config(run.name).to_dict()))
+    return isinstance(saved, dict) and all(saved.get(k) == wanted[k] for k in _DEMO_SETTINGS)
+
+
+def _prepare_out(out: Path, names: list[str], overwrite: bool = False, cfg: DemoConfig | None = None) -> None:
     """Clears the run folders an earlier demo wrote under ``out`` (the demo is reproducible, so they are
-    redone). A run folder holding any file ltpa does not write is refused unless ``overwrite``; even then
-    only ltpa's own files are deleted."""
+    redone). A run folder holding any file ltpa does not write, or a training that is not the demo's (an
+    ``ltpa train`` run named like a demo model), is refused unless ``overwrite``; even then only ltpa's own
+    files are deleted."""
     from ltpa.train import clear_run, foreign_files
 
     if out.exists() and not out.is_dir():
@@ -180,6 +209,11 @@ def _prepare_out(out: Path, names: list[str], overwrite: bool = False) -> None:
                 f"{run} holds files the demo did not write ({shown}); choose another --out or pass "
                 "--overwrite (only the demo's own files are replaced)"
             )
+        if (run / "config.yaml").is_file() and not overwrite and not _made_by_demo(out, run, cfg):
+            raise LTPAError(
+                f"{run} holds a training that is not the demo's (its config.yaml has other settings); choose "
+                "another --out, or pass --overwrite to replace it"
+            )
     for run in runs:  # nothing is deleted before every folder was checked
         clear_run(run)
 
@@ -193,7 +227,7 @@ def run_demo(cfg: DemoConfig | None = None) -> dict[str, Any]:
     start = time.perf_counter()
     out = Path(cfg.out)
     names = [cfg.baseline, cfg.attention]
-    _prepare_out(out, names, cfg.overwrite)
+    _prepare_out(out, names, cfg.overwrite, cfg)
     out.mkdir(parents=True, exist_ok=True)
 
     results: dict[str, Any] = {}
@@ -236,7 +270,8 @@ def run_demo(cfg: DemoConfig | None = None) -> dict[str, Any]:
             for name in names
         },
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    text = json.dumps(summary, indent=2) + "\n"
+    atomic_write(out / "summary.json", lambda tmp: Path(tmp).write_text(text))
     _write_report(cfg, out, summary, results)
     _write_html_report(cfg, out, names)
     return summary
@@ -303,4 +338,4 @@ def _write_report(cfg: DemoConfig, out: Path, summary: dict[str, Any], results: 
         "The same results as one page, figures included: `report.html` (open it in a browser).",
         "",
     ]
-    (out / "report.md").write_text("\n".join(lines))
+    atomic_write(out / "report.md", lambda tmp: Path(tmp).write_text("\n".join(lines)))

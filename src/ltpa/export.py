@@ -26,6 +26,7 @@ has deprecated TorchScript (``torch.jit``) in favour of ``torch.export``; ONNX i
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import math
 import os
@@ -46,6 +47,7 @@ __all__ = ["FORMATS", "ExportedOutputs", "check_export", "export_model", "onnx_o
 Format = Literal["onnx", "torchscript", "hf"]
 # format -> what the default output name appends to the checkpoint stem (hf: a folder)
 FORMATS: dict[str, str] = {"onnx": ".onnx", "torchscript": ".pt", "hf": "-hf"}
+MAX_IMG_SIZE = 4096  # the exported input side: also the side of the random images the check runs
 _CHECK_BATCH = 3  # differs from the tracing batch of 2, so a batch size baked into the graph is caught
 
 
@@ -285,11 +287,13 @@ def export_model(
     atol: float = 1e-4,
     rtol: float = 1e-4,
     opset: int = 17,
+    overwrite: bool = False,
 ) -> Path:
     """Exports ``model`` to ONNX or TorchScript and, with ``check``, verifies the file against PyTorch.
 
     The file is written atomically: if export or check fails, ``path`` is left as it was (absent, or the
-    previous file).
+    previous file). An existing file (for ``"hf"``: a ``README.md``, ``config.json`` or ``model.safetensors``
+    in the folder) is replaced only when an earlier ltpa export wrote it, or with ``overwrite``.
 
     Args:
         model: an ltpa model (its ``forward`` takes [0, 1] images; ``forward_attention`` is used for maps).
@@ -301,6 +305,7 @@ def export_model(
         atol: the absolute part of the difference the check accepts.
         rtol: the relative part: the check accepts ``atol + rtol * |PyTorch value|`` (``torch.allclose``).
         opset: ONNX opset version (see :func:`onnx_opset_range`).
+        overwrite: replace files at ``path`` that ltpa did not write.
 
     Returns:
         ``path`` as a Path.
@@ -315,10 +320,19 @@ def export_model(
     """
     if format not in FORMATS:
         raise LTPAError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
+    if img_size is not None and not (
+        isinstance(img_size, int) and not isinstance(img_size, bool) and 1 <= img_size <= MAX_IMG_SIZE
+    ):
+        raise LTPAError(
+            f"--img-size must be a whole number of pixels in 1..{MAX_IMG_SIZE}, got {img_size!r}; omit it for "
+            "the model's own input size"
+        )
     if format == "hf":
         if with_maps:
             raise LTPAError("--with-maps is for onnx and torchscript; an hf folder holds the whole model")
         _check_tolerances(atol, rtol)
+        if not overwrite:
+            _refuse_foreign_hf(Path(path))
         return _export_hf(model, Path(path), check=check, img_size=img_size, atol=atol, rtol=rtol)
     if with_maps and not getattr(model, "attn_info", None):
         raise LTPAError(
@@ -332,6 +346,13 @@ def export_model(
             _require("onnxruntime", "Checking an ONNX export")
     img_size = img_size or int(getattr(model, "img_size", 0)) or 224
     path = Path(path)
+    if path.is_dir():
+        raise LTPAError(f"{path} is a folder; give the file to write (or, on the command line, --out {path})")
+    if path.exists() and not overwrite and not _exported_by_ltpa(path):
+        raise LTPAError(
+            f"{path} exists and is not an ltpa export; choose another file, or pass --overwrite to replace it"
+        )
+    _remove_stale_temporaries(path)
     names = output_names(model, with_maps)
     meta = _metadata(model, img_size, names)
     device = next(iter(model.parameters())).device
@@ -360,6 +381,41 @@ def export_model(
     return path
 
 
+def _remove_stale_temporaries(path: Path) -> None:
+    """Deletes the temporary files an export of ``path`` killed midway left beside it (``.<name>.*.tmp``)."""
+    if path.parent.is_dir():
+        for stale in path.parent.glob(f".{glob.escape(path.name)}.*.tmp"):
+            if stale.is_file() and not stale.is_symlink():
+                stale.unlink()
+
+
+def _exported_by_ltpa(path: Path) -> bool:
+    """Whether the file at ``path`` is an ONNX or TorchScript export that ltpa wrote (its metadata says so)."""
+    import zipfile
+
+    if zipfile.is_zipfile(path):  # TorchScript: a zip archive with ltpa's extra file
+        with zipfile.ZipFile(path) as archive:
+            return any(name.endswith("/extra/ltpa.json") for name in archive.namelist())
+    try:
+        onnx = _require("onnx", "Reading an ONNX file")
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception:  # not ONNX (or no onnx package): not known to be ltpa's, so not replaced
+        return False
+    return any(prop.key == "ltpa" for prop in proto.metadata_props)
+
+
+def _refuse_foreign_hf(path: Path) -> None:
+    """Refuses to export into a folder whose pretrained-folder files were not written by ltpa."""
+    from ltpa.hub import CARD_NAME, CONFIG_NAME, WEIGHTS_NAME, is_ltpa_config
+
+    present = [n for n in (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME) if (path / n).exists()]
+    if present and not is_ltpa_config(path / CONFIG_NAME):
+        raise LTPAError(
+            f"{path} holds {', '.join(present)} that ltpa did not write; choose another --out, or pass "
+            "--overwrite to replace them"
+        )
+
+
 def _export_hf(
     model: nn.Module, path: Path, *, check: bool, img_size: int | None, atol: float, rtol: float
 ) -> Path:
@@ -375,11 +431,16 @@ def _export_hf(
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
     try:
-        save_pretrained(model, tmp)
+        try:
+            save_pretrained(model, tmp)
+        except OSError as err:  # name the folder the user asked for, not the temporary one (e.g. a full disk)
+            raise OSError(err.errno, err.strerror, str(path)) from err
         if check:
             _check_hf(tmp, model, img_size=img_size, atol=atol, rtol=rtol, load=from_pretrained)
         path.mkdir(exist_ok=True)
-        for name in (WEIGHTS_NAME, CONFIG_NAME, CARD_NAME):
+        # config.json last: it names the weights' sha256, so a kill between these moves leaves a folder that
+        # loading refuses (new weights, old config) rather than one that loads silently
+        for name in (CARD_NAME, WEIGHTS_NAME, CONFIG_NAME):
             os.replace(tmp / name, path / name)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -34,6 +34,7 @@ __all__ = [
     "WEIGHTS_NAME",
     "PretrainedFiles",
     "from_pretrained",
+    "is_ltpa_config",
     "is_pretrained_source",
     "load_pretrained_weights",
     "model_card",
@@ -184,10 +185,8 @@ def save_pretrained(
     Raises:
         LTPAError: for a model not made by ``create_model``.
     """
-    from safetensors.torch import save_file
-
     from ltpa import __version__
-    from ltpa.checkpoint import atomic_write
+    from ltpa.checkpoint import atomic_write, refuse_non_finite, save_weights
 
     model = getattr(model, "module", model)  # unwrap DDP
     name = getattr(model, "model_name", None)
@@ -216,16 +215,44 @@ def save_pretrained(
     }
     if source:
         config["source"] = source
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    refuse_non_finite(state, "pretrained folder")
+    params = sum(p.numel() for p in model.parameters())
+    digest: list[str] = []
+
+    def write_weights(tmp: str) -> None:
+        save_weights(state, tmp, metadata={"format": "pt", "model": name})
+        digest.append(_sha256(Path(tmp)))
+
+    atomic_write(directory / WEIGHTS_NAME, write_weights)
+    # the config names the weights it was written with: a folder left half-replaced (a kill between these
+    # writes, or files copied from two exports) is refused on loading instead of loading silently
+    config["weights_sha256"] = digest[0]
     text = json.dumps(config, indent=2, default=_json_default) + "\n"
     config = json.loads(text)  # the card shows what the file holds (tuples as lists)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    params = sum(p.numel() for p in model.parameters())
-    atomic_write(
-        directory / WEIGHTS_NAME, lambda tmp: save_file(state, tmp, metadata={"format": "pt", "model": name})
-    )
     atomic_write(directory / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text))
     atomic_write(directory / CARD_NAME, lambda tmp: Path(tmp).write_text(model_card(config, params)))
     return directory
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    sha = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
+
+
+def is_ltpa_config(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is the ``config.json`` of a pretrained folder written by ltpa (``save_pretrained``,
+    ``ltpa export --format hf``), so that ltpa may replace it."""
+    try:
+        config = json.loads(Path(path).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return False
+    return isinstance(config, dict) and config.get("format") == "ltpa" and "model_name" in config
 
 
 def _split_hub_id(source: str) -> tuple[str, str | None]:
@@ -237,15 +264,24 @@ def _split_hub_id(source: str) -> tuple[str, str | None]:
 
 
 def _read_config(path: Path, source: str) -> dict[str, Any]:
+    from ltpa.checkpoint import MAX_SIDECAR_BYTES, check_sidecar
+
     try:
+        if path.stat().st_size > MAX_SIDECAR_BYTES:
+            raise LTPAError(f"{CONFIG_NAME} of {source} is {path.stat().st_size:,} bytes, not an ltpa config")
         config = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as err:
-        raise LTPAError(f"cannot read {CONFIG_NAME} of {source}: {err}") from err
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, RecursionError) as err:
+        detail = "nested too deeply" if isinstance(err, RecursionError) else err
+        raise LTPAError(f"cannot read {CONFIG_NAME} of {source}: {detail}") from err
     if not isinstance(config, dict) or "model_name" not in config:
         raise LTPAError(
             f"{CONFIG_NAME} of {source} is not an ltpa config (no model_name); it is written by "
             "model.save_pretrained or `ltpa export RUN --format hf`"
         )
+    check_sidecar(config, f"{CONFIG_NAME} of {source}")
+    pretrained_cfg = config.get("pretrained_cfg")
+    if pretrained_cfg is not None and not isinstance(pretrained_cfg, dict):
+        raise LTPAError(f"pretrained_cfg in {CONFIG_NAME} of {source} must be a mapping; restore the file")
     return config
 
 
@@ -318,17 +354,38 @@ def load_pretrained_weights(model: nn.Module, files: PretrainedFiles) -> None:
     Raises:
         LTPAError: unreadable weights, or weights that do not fit the model.
     """
-    from safetensors.torch import load_file
+    from ltpa.checkpoint import read_weights
 
-    try:
-        state = load_file(str(files.weights), device="cpu")
-    except Exception as err:  # safetensors raises its own error types for truncated or foreign files
+    expected = files.config.get("weights_sha256")
+    if expected is not None and _sha256(files.weights) != expected:
         raise LTPAError(
-            f"cannot read weights of {files.source}: {err}; the file is truncated or not safetensors"
-        ) from err
-    saved_classes = files.config.get("num_classes")
-    reset = saved_classes is not None and saved_classes != getattr(model, "num_classes", saved_classes)
-    fresh = set(_classifier_keys(model)) if reset else set()
+            f"the weights of {files.source} are not the ones its {CONFIG_NAME} was written with (sha256 "
+            "differs): the folder mixes two exports, e.g. an export that was interrupted; export it again"
+        )
+    state = read_weights(files.weights)
+    classifier = _classifier_keys(model)
+    # the weights' own number of classes: the rows of the final linear layer(s)
+    rows = {
+        int(state[k].shape[0])
+        for k in classifier
+        if k in state and k.endswith("weight") and state[k].ndim == 2
+    }
+    saved = {
+        f"{key} {value!r}"
+        for key, value in (
+            ("num_classes", files.config.get("num_classes")),
+            ("model_kwargs.num_classes", (files.config.get("model_kwargs") or {}).get("num_classes")),
+        )
+        if value is not None and {value} != rows
+    }
+    if len(rows) == 1 and saved:
+        raise LTPAError(
+            f"{CONFIG_NAME} of {files.source} says {' and '.join(sorted(saved))} but its weights have "
+            f"{rows.pop()} classes: the config was edited or belongs to other weights; restore it or export "
+            "the model again"
+        )
+    reset = len(rows) == 1 and rows != {getattr(model, "num_classes", None)}  # the caller asked for another K
+    fresh = set(classifier) if reset else set()
     misfit = (
         f"weights of {files.source} do not fit model {files.config['model_name']} built with these arguments"
     )

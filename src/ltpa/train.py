@@ -44,10 +44,9 @@ import torch
 import torch.nn.functional as F
 import yaml
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from ltpa.checkpoint import atomic_write, save_checkpoint
+from ltpa.checkpoint import atomic_write, first_non_finite, read_weights, save_checkpoint, save_weights
 from ltpa.config import TrainConfig, _check_keys, _check_types, _validate
 from ltpa.errors import LTPAError
 from ltpa.models import LTPAModel, create_model
@@ -55,7 +54,7 @@ from ltpa.models._base import normalized_input
 from ltpa.runtime import autocast, choose_channels_last, describe_runtime, resolve_precision
 from ltpa.system import configure_threads
 from ltpa.utils import log as logger
-from ltpa.utils import normalize_minmax, to_unit_float
+from ltpa.utils import normalize_minmax, open_no_follow, to_unit_float
 
 __all__ = [
     "FitResult",
@@ -318,7 +317,7 @@ def _init_from(model: LTPAModel, path: str, head: str = "keep") -> int:
     from ltpa.checkpoint import checkpoint_paths, resolve_checkpoint
 
     weights, _ = checkpoint_paths(resolve_checkpoint(path))
-    source = load_file(str(weights))
+    source = read_weights(weights)
     own = model.state_dict()
     skip = ["preprocess."]
     if head == "fresh":
@@ -407,7 +406,11 @@ def _preflight(run_dir: Path, need_bytes: int) -> None:
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".ltpa-write-test"
-        probe.write_bytes(b"ok")
+        fd = open_no_follow(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+        try:
+            os.write(fd, b"ok")
+        finally:
+            os.close(fd)
         probe.unlink()
     except OSError as err:
         raise LTPAError(
@@ -428,12 +431,46 @@ def _owned(path: Path) -> bool:
     return path.name in RUN_FILES or (match is not None and match["name"] in RUN_FILES)
 
 
+# Names a user's own folder may hold too: they count as ltpa's only in a folder a training has claimed (an
+# experiment folder with its own config.yaml is not a run to replace).
+_COMMON_NAMES = frozenset({"config.yaml", "metrics.csv", "metrics.jsonl"})
+
+
+def _is_run(run_dir: Path) -> bool:
+    """Whether a training has claimed ``run_dir``: it holds ltpa's lock file (created once the folder was
+    found free, before anything else is written) or an ltpa run.json."""
+    lock = run_dir / LOCK_FILE
+    if lock.is_file() and not lock.is_symlink():
+        return True
+    path = run_dir / "run.json"
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        info = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(info, dict) and "started" in info and "argv" in info
+
+
+def _remove_temporaries(run_dir: Path) -> None:
+    """Deletes the temporary files of ``atomic_write`` that a killed training left in ``run_dir`` (the caller
+    holds the folder's lock, so no other training is writing them)."""
+    for path in run_dir.iterdir():
+        match = _TMP.fullmatch(path.name)
+        if match is not None and match["name"] in RUN_FILES and path.is_file() and not path.is_symlink():
+            path.unlink()
+
+
 def foreign_files(run_dir: str | os.PathLike[str]) -> list[str]:
-    """Names of the entries of ``run_dir`` that ltpa's training does not write (sorted; [] for no folder)."""
+    """Names of the entries of ``run_dir`` that ltpa's training does not write (sorted; [] for no folder).
+
+    ``config.yaml`` and the metrics files count as ltpa's only in a folder with ltpa's ``run.json``.
+    """
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         return []
-    return sorted(p.name for p in run_dir.iterdir() if not _owned(p))
+    common = set() if _is_run(run_dir) else _COMMON_NAMES
+    return sorted(p.name for p in run_dir.iterdir() if not _owned(p) or p.name in common)
 
 
 def clear_run(run_dir: str | os.PathLike[str]) -> None:
@@ -444,10 +481,10 @@ def clear_run(run_dir: str | os.PathLike[str]) -> None:
     for path in run_dir.iterdir():
         if path.name == LOCK_FILE or not _owned(path):
             continue
-        if path.is_dir():
+        if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
         else:
-            path.unlink()
+            path.unlink()  # a link itself, never what it points to
 
 
 def _has_checkpoints(run_dir: Path) -> bool:
@@ -500,7 +537,7 @@ class _RunLock:
         path = self.run_dir / LOCK_FILE
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+            fd = open_no_follow(path, os.O_RDWR | os.O_CREAT)
         except OSError as err:
             raise LTPAError(
                 f"cannot write to output folder {self.run_dir}: {err.strerror}; choose another --out"
@@ -574,7 +611,7 @@ def _save_resume(
             else:
                 opt_scalars.setdefault(str(pid), {})[key] = value
     meta = {**meta, "param_groups": opt["param_groups"], "optim_scalars": opt_scalars}
-    atomic_write(path, lambda tmp: save_file(tensors, tmp, metadata={"ltpa_state": json.dumps(meta)}))
+    atomic_write(path, lambda tmp: save_weights(tensors, tmp, metadata={"ltpa_state": json.dumps(meta)}))
 
 
 def _read_resume_meta(path: Path) -> dict[str, Any]:
@@ -583,6 +620,24 @@ def _read_resume_meta(path: Path) -> dict[str, Any]:
             meta: dict[str, Any] = json.loads((fh.metadata() or {})["ltpa_state"])
     except Exception as err:  # safetensors' own error types for truncated or foreign files
         raise LTPAError(f"cannot read resume state {path}: {err}") from err
+    counts = ("epoch", "step", "global_step")
+    ok = (
+        isinstance(meta, dict)
+        and all(
+            isinstance(meta.get(k), int) and not isinstance(meta.get(k), bool) and meta[k] >= 0
+            for k in counts
+        )
+        and isinstance(meta.get("history"), list)
+        and all(isinstance(r, dict) for r in meta["history"])
+        and isinstance(meta.get("param_groups"), list)
+        and isinstance(meta.get("optim_scalars"), dict)
+        and "accumulators" in meta
+    )
+    if not ok:
+        raise LTPAError(
+            f"resume state {path} is not one ltpa wrote (its metadata lacks the loop's position or the "
+            "optimiser's settings); restore it, or start again with --overwrite"
+        )
     return meta
 
 
@@ -679,19 +734,28 @@ def _resume_config(
 
 def _load_resume(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[str, Any]:
     meta = _read_resume_meta(path)
+    tensors = read_weights(path)  # model and optimiser state, checked to be finite
+    misfit = (
+        f"resume state {path} does not fit the model and optimiser of the run's config.yaml; it belongs to "
+        "another run or one of the two was edited: restore them, or start again with --overwrite"
+    )
     try:
-        tensors = load_file(str(path))
-    except Exception as err:  # safetensors' own error types for truncated or foreign files
-        raise LTPAError(f"cannot read resume state {path}: {err}") from err
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
-    state: dict[int, dict[str, Any]] = {}
-    for key, value in tensors.items():
-        if key.startswith("optim."):
-            _, pid, name = key.split(".", 2)
-            state.setdefault(int(pid), {})[name] = value
-    for pid, scalars in meta.pop("optim_scalars").items():
-        state.setdefault(int(pid), {}).update(scalars)
-    optimizer.load_state_dict({"state": state, "param_groups": meta.pop("param_groups")})
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")})
+        state: dict[int, dict[str, Any]] = {}
+        for key, value in tensors.items():
+            if key.startswith("optim."):
+                _, pid, name = key.split(".", 2)
+                state.setdefault(int(pid), {})[name] = value
+        for pid, scalars in meta.pop("optim_scalars").items():
+            state.setdefault(int(pid), {}).update(scalars)
+        optimizer.load_state_dict({"state": state, "param_groups": meta.pop("param_groups")})
+    except (RuntimeError, ValueError, KeyError, TypeError, AttributeError) as err:
+        detail = str(err).strip().splitlines()
+        raise LTPAError(f"{misfit} ({detail[-1].strip() if detail else type(err).__name__})") from err
+    own = {id(p) for p in model.parameters()}
+    for group in optimizer.param_groups:  # an edited param group could point the optimiser elsewhere
+        if any(id(p) not in own for p in group["params"]):
+            raise LTPAError(misfit)
     return meta
 
 
@@ -785,6 +849,8 @@ def fit(
         resume_meta: dict[str, Any] | None = None
         notes: list[str] = []
         if resume is not None:
+            if dist_info.main:
+                _remove_temporaries(run_dir)
             cfg, resume_meta, notes = _resume_config(
                 run_dir, cfg, changes or {}, dist_info.main and not cfg.quiet
             )
@@ -1255,13 +1321,6 @@ def eval_collapse(train_accuracy: float, eval_accuracy: float, num_classes: int)
     return train_accuracy > 2 * chance and eval_accuracy < min(0.5 * train_accuracy, 2 * chance)
 
 
-def _first_non_finite(model: nn.Module) -> str | None:
-    for name, tensor in model.state_dict().items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
-            return name
-    return None
-
-
 def _saved_epoch(run_dir: Path) -> int | None:
     try:
         epoch = json.loads((run_dir / "last.json").read_text()).get("epoch")
@@ -1279,7 +1338,7 @@ def _kept_note(run_dir: Path) -> str:
 
 def _check_finite(model: nn.Module, epoch: int, run_dir: Path) -> None:
     """Refuses to save a state with an inf or NaN tensor (weights or BatchNorm statistics)."""
-    bad = _first_non_finite(model)
+    bad = first_non_finite(model.state_dict())
     if bad is not None:
         raise LTPAError(
             f"at the end of epoch {epoch} the model's {bad} holds inf or NaN values; nothing of epoch {epoch} "

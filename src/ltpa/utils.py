@@ -6,6 +6,7 @@ Every package imports these from here; none keeps its own copy.
 from __future__ import annotations
 
 import difflib
+import errno
 import logging
 import math
 import os
@@ -18,12 +19,14 @@ from typing import Any
 import torch
 
 __all__ = [
+    "NoFollowFileHandler",
     "atomic_write",
     "configure_logging",
     "did_you_mean",
     "json_safe",
     "log",
     "normalize_minmax",
+    "open_no_follow",
     "safe_filename",
     "to_unit_float",
 ]
@@ -37,7 +40,13 @@ def _umask() -> int:
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[str], object]) -> None:
     """Calls ``write(tmp_path)`` then renames the temporary file over ``path``: a crash midway never leaves
-    a broken ``path`` (the previous version stays). Errors name ``path``, never the temporary file."""
+    a broken ``path`` (the previous version stays). Errors name ``path``, never the temporary file.
+
+    Never writes through a symbolic link: the temporary file is a new one (``O_EXCL``), and the rename
+    replaces a link planted at ``path`` by the file, leaving whatever it pointed to untouched. ``write``
+    must write to ``tmp_path`` under that name (it ends in ``.tmp``: give writers that guess the format from
+    the suffix the format explicitly).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -59,6 +68,45 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[str], object]) -
         if isinstance(err, OSError) and err.filename == tmp:
             raise OSError(err.errno, err.strerror, str(path)) from err
         raise
+
+
+_NOFOLLOW = getattr(os, "O_NOFOLLOW", 0)
+
+
+def open_no_follow(path: str | os.PathLike[str], flags: int, mode: int = 0o666) -> int:
+    """``os.open(path, flags | O_NOFOLLOW)``: a file descriptor for ``path`` that is never a symbolic link's
+    target, for the files ltpa opens in place (lock files, logs, write tests) rather than through
+    :func:`atomic_write`. A link planted at ``path`` would otherwise let ltpa truncate or append to any file
+    the user (or root) can write.
+
+    Raises:
+        LTPAError: ``path`` is a symbolic link (the link is left alone: remove it).
+        OSError: any other failure to open.
+    """
+    from ltpa.errors import LTPAError
+
+    path = os.fspath(path)
+    try:
+        if not _NOFOLLOW and os.path.islink(path):  # a system without O_NOFOLLOW: check first
+            raise OSError(errno.ELOOP, os.strerror(errno.ELOOP), path)
+        return os.open(path, flags | _NOFOLLOW | getattr(os, "O_CLOEXEC", 0), mode)
+    except OSError as err:
+        if err.errno == errno.ELOOP or (err.errno == errno.EMLINK and os.path.islink(path)):  # EMLINK: BSDs
+            raise LTPAError(
+                f"{path} is a symbolic link; ltpa never writes through links (it could overwrite the file "
+                "the link points to): remove the link, or choose another output folder"
+            ) from err
+        raise
+
+
+class NoFollowFileHandler(logging.FileHandler):
+    """A ``logging.FileHandler`` that opens its file with :func:`open_no_follow`: a log file in a user's
+    folder (e.g. a study's ``study.log``) never appends to what a symbolic link planted there points to."""
+
+    def _open(self):  # type: ignore[no-untyped-def]
+        flags = os.O_WRONLY | os.O_CREAT | (os.O_APPEND if "a" in self.mode else os.O_TRUNC)
+        fd = open_no_follow(self.baseFilename, flags)
+        return os.fdopen(fd, self.mode, encoding=self.encoding, errors=self.errors)
 
 
 def to_unit_float(images: torch.Tensor) -> torch.Tensor:

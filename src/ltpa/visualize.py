@@ -39,8 +39,8 @@ from ltpa.evaluate import (
     write_json,
 )
 from ltpa.models import LTPAModel
+from ltpa.utils import atomic_write, to_unit_float
 from ltpa.utils import log as logger
-from ltpa.utils import to_unit_float
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -140,8 +140,7 @@ def save_png(array: np.ndarray, path: str | os.PathLike[str]) -> Path:
     from PIL import Image
 
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.ascontiguousarray(array)).save(path)
+    atomic_write(path, lambda tmp: Image.fromarray(np.ascontiguousarray(array)).save(tmp, format="PNG"))
     return path
 
 

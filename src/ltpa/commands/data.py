@@ -149,6 +149,10 @@ def _grid(dataset: Any, info: Any, args: argparse.Namespace, split: str) -> Path
     boxes = " (red: the object's box)" if dataset.has_masks else ""
     title = f"{info.name}, {split} split: {n} random images of {len(dataset)}{boxes}"
     path = args.grid if args.grid is not None else Path("runs/data") / f"{info.name}-{split}.png"
+    if path.is_dir():
+        raise LTPAError(
+            f"--grid {path} is a folder; give the PNG file to write, e.g. --grid {path / 'grid.png'}"
+        )
     return save_figure(sample_grid_figure(dataset, picks, side, title), path)
 
 

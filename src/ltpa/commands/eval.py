@@ -6,6 +6,7 @@ Also holds the flags every evaluation command shares (checkpoints, data, run opt
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
 from ltpa.commands.train import add_data_option_arg
@@ -95,7 +96,41 @@ def data_from_run(checkpoint: str, which: str = "last") -> tuple[str, str | None
     config = read_sidecar(checkpoint, which).get("config") or {}
     if not config.get("data"):
         raise LTPAError(f"{checkpoint} does not record its training data; give --data NAME")
-    return str(config["data"]), config.get("root"), dict(config.get("data_options") or {})
+    data, root, options = config["data"], config.get("root"), config.get("data_options") or {}
+    return _checked_data(checkpoint, data, root, options)
+
+
+# Counts a sidecar may ask a dataset for (num_test and the like): beyond this it is not a training's record.
+MAX_RECORDED_COUNT = 1_000_000
+
+
+def _checked_data(
+    checkpoint: str, data: Any, root: Any, options: Any
+) -> tuple[str, str | None, dict[str, Any]]:
+    """The data fields of a sidecar, checked before any dataset is read: names are strings, options plain
+    values with sane counts, and the root an existing dataset folder (never a file system's root)."""
+    where = f"the training data recorded in {checkpoint}"
+    fix = "give --data NAME (and --root, --data-option) yourself"
+    if (
+        not isinstance(data, str)
+        or not isinstance(options, dict)
+        or not all(isinstance(k, str) for k in options)
+    ):
+        raise LTPAError(f"{where} is malformed (data {data!r:.40}, data_options {options!r:.40}); {fix}")
+    for key, value in options.items():
+        plain = value is None or isinstance(value, str | bool | int | float)
+        listed = (
+            isinstance(value, list) and len(value) <= 64 and all(isinstance(v, int | float) for v in value)
+        )
+        if not (plain or listed):
+            raise LTPAError(f"{where}: data option {key}={value!r:.40} is not a plain value; {fix}")
+        if isinstance(value, int | float) and not isinstance(value, bool) and abs(value) > MAX_RECORDED_COUNT:
+            raise LTPAError(f"{where}: data option {key}={value!r} is out of range; {fix}")
+    if root is not None and (
+        not isinstance(root, str) or not root or Path(root).resolve() == Path(Path(root).resolve().anchor)
+    ):  # a file system's root would be walked whole by a folder dataset
+        raise LTPAError(f"{where}: root {root!r:.80} is not a dataset folder; {fix}")
+    return data, root, dict(options)
 
 
 def common_kwargs(args: argparse.Namespace) -> dict[str, Any]:

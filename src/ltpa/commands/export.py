@@ -39,6 +39,11 @@ def add_export_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
     group.add_argument(
         "--file", metavar="PATH", help="exact output file for onnx or torchscript (instead of --out)"
     )
+    group.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing output file that ltpa did not write (an earlier export is always replaced)",
+    )
     group.add_argument("--img-size", type=int, help="input side (default: the model's)")
     low, high = onnx_opset_range()
     group.add_argument(
@@ -61,7 +66,7 @@ def add_export_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
 
 
 def export_command(args: argparse.Namespace) -> int:
-    from ltpa.checkpoint import load_model, resolve_checkpoint
+    from ltpa.checkpoint import checkpoint_paths, load_model, resolve_checkpoint
     from ltpa.export import export_model
 
     stem = resolve_checkpoint(args.checkpoint, args.which)
@@ -80,6 +85,12 @@ def export_command(args: argparse.Namespace) -> int:
         out = Path(args.out) if args.format == "hf" else Path(args.out) / f"{name}{suffix}"
     else:
         out = stem.with_name(stem.name + suffix)
+    checkpoint_files = {p.resolve() for p in checkpoint_paths(stem)}
+    if out.resolve() in checkpoint_files or (
+        args.format == "hf"
+        and {(out / n).resolve() for n in ("model.safetensors", "config.json")} & checkpoint_files
+    ):
+        raise LTPAError(f"{out} is the checkpoint being exported; choose another --file or --out")
     path = export_model(
         model,
         out,
@@ -90,6 +101,7 @@ def export_command(args: argparse.Namespace) -> int:
         atol=args.atol,
         rtol=args.rtol,
         opset=args.opset,
+        overwrite=args.overwrite,
     )
     checked = (
         "not checked" if args.no_check else f"matches PyTorch within {args.atol:g} + {args.rtol:g} x |value|"

@@ -13,7 +13,7 @@ import contextlib
 import os
 import sys
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -24,6 +24,7 @@ from tqdm import tqdm
 
 from ltpa.errors import LTPAError
 from ltpa.models import LTPAModel
+from ltpa.utils import log as logger
 from ltpa.utils import to_unit_float
 
 __all__ = [
@@ -38,6 +39,8 @@ __all__ = [
     "load_checkpoints",
     "load_eval_data",
     "masked_data",
+    "match_classes",
+    "model_classes",
     "model_device",
     "progress_bar",
     "resolve_device",
@@ -275,6 +278,55 @@ def check_classes(model: nn.Module, data: EvalData) -> None:
         )
 
 
+def model_classes(model: nn.Module) -> list[str] | None:
+    """The class names ``model`` was trained with (its checkpoint's or pretrained folder's), one per output,
+    or None when they are not known."""
+    k = int(getattr(model, "num_classes", 0))
+    for source in (getattr(model, "checkpoint", None), getattr(model, "pretrained_cfg", None)):
+        classes = source.get("classes") if isinstance(source, dict) else None
+        if isinstance(classes, list) and len(classes) == k and all(isinstance(c, str) for c in classes):
+            return classes
+    return None
+
+
+def match_classes(model: nn.Module, data: EvalData) -> EvalData:
+    """``data`` labelled with ``model``'s class indices, matched by class name.
+
+    A folder dataset numbers its classes by position among the folders that hold images, so a missing or
+    empty class folder shifts every later label: matched by position, the same images would score 100% or
+    0%. When the model knows its class names, each of the data's classes is looked up by name (all must be
+    among the model's) and the labels are renumbered; otherwise the positions must fit the outputs
+    (:func:`check_classes`).
+
+    Raises:
+        LTPAError: a class of the data that the model does not know, or more classes than outputs.
+    """
+    names = model_classes(model)
+    if names is None or data.classes == names:
+        check_classes(model, data)
+        return data
+    run = getattr(model, "run_name", getattr(model, "model_name", "model"))
+    index = {name: i for i, name in enumerate(names)}
+    unknown = [c for c in data.classes if c not in index]
+    if unknown:
+        shown = ", ".join(unknown[:4]) + (", ..." if len(unknown) > 4 else "")
+        known = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+        raise LTPAError(
+            f"{run} was trained on the classes {known}; {data.name} has {len(unknown)} it does not know "
+            f"({shown}): evaluate it on data with the class names it was trained on (for a folder dataset, "
+            "name the folders so), or use `ltpa transfer` for a new label set"
+        )
+    lookup = torch.tensor([index[c] for c in data.classes], dtype=torch.long)
+    logger.info(
+        "%s: %s's %d classes matched by name to the model's %d (labels renumbered)",
+        run,
+        data.name,
+        data.num_classes,
+        len(names),
+    )
+    return replace(data, labels=lookup[data.labels], classes=list(names))
+
+
 def data_for_models(
     models: Sequence[LTPAModel],
     name: str,
@@ -290,7 +342,8 @@ def data_for_models(
     """The evaluation set for each model, read once per distinct (side, options).
 
     Images are loaded at ``img_size`` when given, else at each model's input side. With ``labelled`` the
-    model's outputs must cover the dataset's classes (:func:`check_classes`).
+    labels are the model's class indices, matched by class name where the model knows its class names
+    (:func:`match_classes`), and must fit its outputs.
     """
     cache: dict[tuple[int, str], EvalData] = {}
     out = []
@@ -302,9 +355,7 @@ def data_for_models(
             cache[key] = load_eval_data(
                 name, root, split=split, img_size=side, limit=limit, options=opts, progress=progress
             )
-        if labelled:
-            check_classes(model, cache[key])
-        out.append(cache[key])
+        out.append(match_classes(model, cache[key]) if labelled else cache[key])
     return out
 
 

@@ -56,10 +56,12 @@ def write_csv(
 
 
 def save_figure(fig: Any, path: str | os.PathLike[str], *, dpi: int = 100) -> Path:
-    """Saves a matplotlib figure as a PNG, creating the folder; written atomically, so an interrupted save
-    never leaves half a picture where the previous one was."""
+    """Saves a matplotlib figure (PNG unless ``path`` names another format), creating the folder; atomically, so
+    an interrupted save never leaves half a picture where the previous one was, and never through a symbolic
+    link."""
     path = Path(path)
-    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format="png"))
+    fmt = path.suffix[1:].lower() or "png"  # the temporary file's own suffix is .tmp
+    atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=dpi, format=fmt))
     return path
 
 

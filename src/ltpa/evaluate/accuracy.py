@@ -15,6 +15,7 @@ answer counts as wrong).
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -214,15 +215,36 @@ def confusion_figure(result: AccuracyResult, *, title: str = "") -> Any:
     return fig
 
 
+def _earlier_report(path: Path) -> dict[str, Any]:
+    """The entries of an ``eval.json`` an earlier ``ltpa eval`` wrote at ``path`` ({} when there is none).
+
+    Raises:
+        LTPAError: ``path`` holds a file that is not an ltpa evaluation report (it is never replaced).
+    """
+    if not path.exists() and not path.is_symlink():
+        return {}
+    try:
+        report = json.loads(path.read_text()) if path.is_file() and not path.is_symlink() else None
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
+        report = None
+    if not isinstance(report, dict) or not all(
+        isinstance(entry, dict) and "accuracy" in entry and "confusion" in entry for entry in report.values()
+    ):
+        raise LTPAError(f"{path} is not an ltpa evaluation report; choose another --out (it is kept)")
+    return report
+
+
 def run_eval(checkpoints: Sequence[str | os.PathLike[str]], config: EvalConfig) -> dict[str, AccuracyResult]:
     """``ltpa eval``: accuracy of each checkpoint on ``config.data``.
 
     Writes ``eval.json`` (``{"<run>": {"accuracy", "error", "n", "per_class", "classes", "confusion",
-    "dataset", "split"}}``) and ``confusion_<run>.png`` under ``config.out``, and prints a table.
+    "dataset", "split"}}``) and ``confusion_<run>.png`` under ``config.out``, and prints a table. An
+    ``eval.json`` already there keeps the entries of the runs not evaluated this time.
 
     Returns:
         The results by run name.
     """
+    earlier = _earlier_report(Path(config.out) / "eval.json")  # refused before any work, if not ours
     models = load_checkpoints(checkpoints, which=config.which, device=config.device)
     datasets = data_for_models(
         models,
@@ -254,7 +276,8 @@ def run_eval(checkpoints: Sequence[str | os.PathLike[str]], config: EvalConfig) 
         }
         title = f"{model.run_name} on {config.data} ({config.split} split)"
         plot_confusion(result, out / f"confusion_{safe_filename(model.run_name)}.png", title=title)
-    write_json(out / "eval.json", report)
+    # evaluations into one folder add up: runs evaluated earlier keep their entries (and confusion figures)
+    write_json(out / "eval.json", {**earlier, **report})
     rows = [
         {"model": name, "n": r.n, "accuracy": r.accuracy, "error": r.error} for name, r in results.items()
     ]

@@ -133,9 +133,10 @@ def cached_features(
     Returns:
         ``(features (N, F), labels (N,), classes)``.
     """
-    from safetensors.torch import load_file, save_file
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
 
-    from ltpa.checkpoint import atomic_write
+    from ltpa.checkpoint import atomic_write, save_weights
 
     key = {
         "model": _checkpoint_identity(model),
@@ -155,7 +156,7 @@ def cached_features(
             tensors = load_file(str(path))
             meta = json.loads(path.with_suffix(".json").read_text())
             return tensors["features"], tensors["labels"], list(meta["classes"])
-        except (OSError, ValueError, KeyError) as err:
+        except (OSError, ValueError, KeyError, SafetensorError) as err:  # a truncated cache among them
             raise LTPAError(
                 f"feature cache {path} is unreadable ({err}); delete it to extract again"
             ) from err
@@ -178,7 +179,7 @@ def cached_features(
     tensors = {"features": feats.contiguous(), "labels": labels.contiguous()}
     sidecar = json.dumps({**key, "classes": loaded.classes}, indent=2, default=str)
     atomic_write(path.with_suffix(".json"), lambda tmp: Path(tmp).write_text(sidecar))
-    atomic_write(path, lambda tmp: save_file(tensors, tmp))
+    atomic_write(path, lambda tmp: save_weights(tensors, tmp))
     return feats, labels, loaded.classes
 
 

@@ -14,7 +14,7 @@ from typing import Any
 from ltpa.errors import LTPAError
 from ltpa.models._base import AttentionOutput, LTPAModel, TrunkFeatures
 from ltpa.models._head import AttentionHead, AttentionModel
-from ltpa.models._registry import create_model, list_models, register_model
+from ltpa.models._registry import check_model_kwargs, create_model, list_models, register_model
 from ltpa.models.attach import AttnBackbone, attach
 from ltpa.models.resnet import PreActResNet
 from ltpa.models.vgg import LEVELS, VGG, VGGGAP, VGGPAN, AttnVGG
@@ -32,6 +32,7 @@ __all__ = [
     "PreActResNet",
     "TrunkFeatures",
     "attach",
+    "check_model_kwargs",
     "create_model",
     "list_models",
     "model_info",

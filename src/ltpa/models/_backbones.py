@@ -104,6 +104,13 @@ def _check_weights_file(path: str) -> str:
     return path
 
 
+def _check_loaded(backbone: nn.Module, file: str) -> None:
+    """Refuses a backbone whose weights, as loaded from ``file``, hold an inf or NaN."""
+    from ltpa.checkpoint import check_finite
+
+    check_finite(backbone.state_dict(), file)
+
+
 def cached_timm_weights(name: str) -> Path | None:
     """The local file of timm model ``name``'s pretrained weights (Hugging Face or torch hub cache), or None.
 
@@ -147,9 +154,11 @@ def _timm_backbone(arch: str) -> Callable[[bool | str, dict[str, Any]], nn.Modul
                     "internet (they land in the Hugging Face cache), or pass pretrained='/path/to/weights'"
                 )
             file = str(found)
-        return timm.create_model(
+        backbone = timm.create_model(
             arch, pretrained=True, pretrained_cfg_overlay={"file": file}, features_only=True, **kwargs
         )
+        _check_loaded(backbone, file)
+        return backbone
 
     return make
 
@@ -168,12 +177,13 @@ def _tv_backbone(arch: str) -> Callable[[bool | str, dict[str, Any]], nn.Module]
             model = torchvision.models.get_model(arch, weights=None, **kwargs)
             file = _check_weights_file(pretrained)
             if file.endswith(".safetensors"):
-                from safetensors.torch import load_file
+                from ltpa.checkpoint import read_weights
 
-                state = load_file(file)
+                state = read_weights(file)
             else:
                 state = torch.load(file, map_location="cpu", weights_only=True)
             model.load_state_dict(state)
+            _check_loaded(model, file)
             return model
         weights = torchvision.models.get_model_weights(arch).DEFAULT
         if _hub_checkpoint(weights.url) is None:
@@ -182,7 +192,9 @@ def _tv_backbone(arch: str) -> Callable[[bool | str, dict[str, Any]], nn.Module]
                 f"once with `python -c \"import torchvision; torchvision.models.get_model('{arch}', "
                 f"weights='DEFAULT')\"` where there is internet, or pass pretrained='/path/to/weights'"
             )
-        return torchvision.models.get_model(arch, weights=weights, **kwargs)  # loads from the local cache
+        model = torchvision.models.get_model(arch, weights=weights, **kwargs)  # loads from the local cache
+        _check_loaded(model, str(_hub_checkpoint(weights.url)))
+        return model
 
     return make
 

@@ -5,6 +5,7 @@ A variant is a registered builder that fixes keyword arguments of one generic cl
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Callable
 from typing import Any, cast
@@ -13,7 +14,7 @@ from ltpa.errors import LTPAError
 from ltpa.models._base import LTPAModel
 from ltpa.utils import did_you_mean
 
-__all__ = ["create_model", "list_models", "register_family", "register_model"]
+__all__ = ["check_model_kwargs", "create_model", "list_models", "register_family", "register_model"]
 
 _MODELS: dict[str, Callable[..., LTPAModel]] = {}
 # Families of names resolved on demand, e.g. "timm/<backbone>_att2_pc": prefix -> resolver(rest) -> builder.
@@ -134,13 +135,87 @@ def _check_name(name: str) -> None:
         raise LTPAError(f"unknown model {name!r}; {hint}")
 
 
+# Keyword arguments read from files (checkpoint sidecars, config.json, config.yaml) are checked against these
+# before anything is built: a tampered num_classes of 1e9 or width of 1e6 would allocate terabytes.
+# name -> (type, least, most); None is accepted where the builder's default is None.
+_NUMBER_KWARGS: dict[str, tuple[type, float, float]] = {
+    "num_classes": (int, 1, 100_000),
+    "img_size": (int, 1, 4096),
+    "width": (float, 1e-3, 4.0),
+    "drop_scale": (float, 0.0, 10.0),
+    "first_pool": (int, 1, 64),
+    "init_seed": (int, 0, 2**63 - 1),
+}
+_TYPED_KWARGS: dict[str, tuple[type, ...]] = {
+    "compatibility": (str,),
+    "normalization": (str,),
+    "combine": (str,),
+    "indep_mode": (str,),
+    "match": (str,),
+    "preprocess": (str,),
+    "attention_mode": (str,),
+    "grad_averaging": (bool,),
+    "backbone_kwargs": (dict,),
+    "pretrained": (bool, str),
+}
+
+
+def check_model_kwargs(kwargs: Any, where: str = "") -> dict[str, Any]:
+    """Refuses model keyword arguments of the wrong type or out of a sane range, before anything is built.
+
+    Args:
+        kwargs: the keyword arguments (a mapping with string keys).
+        where: where they were read, for the message (e.g. ``" in run/last.json"``).
+
+    Returns:
+        ``kwargs`` as a dict.
+
+    Raises:
+        LTPAError: naming the argument, its value and the accepted range.
+    """
+    if not isinstance(kwargs, dict) or not all(isinstance(k, str) for k in kwargs):
+        raise LTPAError(
+            f"model keyword arguments{where} must be a mapping of names to values, got {kwargs!r:.80}"
+        )
+    for key, value in kwargs.items():
+        if key in _NUMBER_KWARGS and value is not None:
+            kind, low, high = _NUMBER_KWARGS[key]
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            if kind is int and not (isinstance(value, int) and not isinstance(value, bool)):
+                raise LTPAError(f"model argument {key}{where} must be a whole number, got {value!r:.80}")
+            if not number or not math.isfinite(value) or not low <= value <= high:
+                raise LTPAError(
+                    f"model argument {key}{where} must be a number in {low:g}..{high:g}, got {value!r:.80}"
+                )
+        elif key in _TYPED_KWARGS and value is not None and not isinstance(value, _TYPED_KWARGS[key]):
+            words = " or ".join(t.__name__ for t in _TYPED_KWARGS[key])
+            raise LTPAError(f"model argument {key}{where} must be a {words}, got {value!r:.80}")
+        elif key == "attention_levels" and not (
+            isinstance(value, list | tuple)
+            and len(value) <= 16
+            and all(isinstance(v, int) and not isinstance(v, bool) and -64 <= v <= 64 for v in value)
+        ):
+            raise LTPAError(f"model argument attention_levels{where} must be a short list of layer numbers")
+    return dict(kwargs)
+
+
 def _build(name: str, kwargs: dict[str, Any]) -> LTPAModel:
+    check_model_kwargs(kwargs)
     prefix, _, rest = name.partition("/")
     if rest and prefix in _FAMILIES:
-        model = _FAMILIES[prefix](rest)(**kwargs)
+        builder = _FAMILIES[prefix](rest)
     else:
         _check_name(name)
-        model = _MODELS[name](**kwargs)
+        builder = _MODELS[name]
+    import inspect
+
+    try:
+        inspect.signature(builder).bind(**kwargs)
+    except TypeError as err:  # an argument the model does not take (e.g. from an edited sidecar)
+        raise LTPAError(f"model {name} does not take these arguments: {err}") from err
+    except ValueError:  # no signature to check against
+        pass
+    model = builder(**kwargs)
     model.model_name = name
     model.model_kwargs = dict(kwargs)
     return model
