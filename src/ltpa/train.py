@@ -122,10 +122,10 @@ def lr_at(cfg: TrainConfig, epoch: int, step: int, total_steps: int | None = Non
             raise ValueError("the cosine schedule needs total_steps")
         warm = int(cfg.warmup * total_steps)
         if step < warm:
-            return cfg.lr * (WARMUP_START + (1.0 - WARMUP_START) * step / warm)
+            return cfg.peak_lr * (WARMUP_START + (1.0 - WARMUP_START) * step / warm)
         progress = (step - warm) / max(1, total_steps - warm)
-        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-    lr = cfg.lr
+        return cfg.peak_lr * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    lr = cfg.peak_lr
     for milestone, factor in zip(cfg.lr_milestones, cfg.lr_factors):
         if epoch >= milestone:
             lr *= factor
@@ -298,10 +298,10 @@ def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     """SGD with the config's momentum, dampening, Nesterov and weight decay (on every parameter, as Torch),
     or AdamW (decoupled weight decay) for short runs."""
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(model.parameters(), lr=cfg.peak_lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(
         model.parameters(),
-        lr=cfg.lr,
+        lr=cfg.peak_lr,
         momentum=cfg.momentum,
         dampening=cfg.dampening,
         nesterov=cfg.nesterov,

@@ -64,14 +64,18 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         help="train a model (any model and dataset, or a paper preset)",
         description=(
             "Train a model. Settings come from defaults, then --config YAML, then --preset, then the flags below. "
+            "Without a preset: AdamW, warm-up then cosine to the last step, 10 epochs, a recipe that trains at "
+            "any length; --preset demo is ltpa demo's recipe, the paper's rows are presets too. "
             "Multi-process: torchrun --nproc-per-node N -m ltpa train ..."
         ),
     )
     what = parser.add_argument_group("what to train")
     what.add_argument(
-        "--preset", help="a paper table row, e.g. vgg_att3_concat_pc-cifar100 (see --list-presets)"
+        "--preset",
+        help="a paper table row, e.g. vgg_att3_concat_pc-cifar100 (see --list-presets), or demo (ltpa demo's "
+        "short AdamW recipe)",
     )
-    what.add_argument("--list-presets", action="store_true", help="list the paper presets and exit")
+    what.add_argument("--list-presets", action="store_true", help="list the presets and exit")
     what.add_argument("--config", help="YAML file of config keys (see --dry-run for the full list)")
     what.add_argument("--model", help="registered model name (`ltpa models`)")
     what.add_argument("--data", help="dataset name (`ltpa data`)")
@@ -103,16 +107,38 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     )
     add_data_option_arg(what, "extra dataset option, e.g. num_train=5000 (repeatable)")
     optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--epochs", type=int)
-    optim.add_argument("--batch-size", type=int)
     optim.add_argument(
-        "--lr", type=float, help="initial learning rate (Torch-dampened momentum in VGG presets)"
+        "--epochs", type=int, help="epochs to train (default 10; the paper's presets 300, 320 or 200)"
+    )
+    optim.add_argument("--batch-size", type=int, help="images per optimiser step (default 64)")
+    optim.add_argument(
+        "--optimizer",
+        choices=["adamw", "sgd"],
+        help="adamw (default) or sgd (the paper's presets, with Torch's dampened momentum in the VGG ones)",
+    )
+    optim.add_argument(
+        "--lr",
+        type=float,
+        help="peak learning rate (default 3e-3 with adamw, 0.1 with sgd; the presets set their own)",
+    )
+    optim.add_argument(
+        "--lr-schedule",
+        choices=["cosine", "step"],
+        help="cosine (default): linear warm-up over --warmup of all steps, then a cosine to 0 at the run's "
+        "last step, whatever --epochs is; step: the paper's milestones (--lr-milestones, --lr-factors)",
+    )
+    optim.add_argument(
+        "--warmup",
+        type=float,
+        metavar="SHARE",
+        help="cosine: share of all steps spent warming up (default 0.1)",
     )
     optim.add_argument(
         "--augment",
         choices=["none", "flip", "flip-half", "crop-flip", "crop-flip-batch"],
-        help="flip-half: exactly half of each batch (VGG); crop-flip-batch: one crop offset per batch and "
-        "a half-batch flip (the official ResNet code); crop-flip: per-image crops and coin-flip flips",
+        help="default none (digits must not be mirrored; try flip on photographs); flip-half: exactly half "
+        "of each batch (VGG presets); crop-flip-batch: one crop offset per batch and a half-batch flip (the "
+        "official ResNet code); crop-flip: per-image crops and coin-flip flips",
     )
     optim.add_argument(
         "--augment-space",
