@@ -125,6 +125,29 @@ def test_contract(case):
         assert torch.allclose(model(x), model.forward_attention(x).logits)
 
 
+@pytest.mark.parametrize("backend", ["own", "package"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_grad_cam_explains_the_global_level_of_every_backbone(case, backend):
+    # torchvision backbones run as one traced graph whose stage modules never run themselves: Grad-CAM used
+    # to hook such a module and fail ("'NoneType' object has no attribute 'shape'")
+    from ltpa.evaluate import compute_maps
+    from ltpa.evaluate._maps import grad_cam, gradcam_target_layer
+
+    torch.manual_seed(0)
+    model = CASES[case][0]().eval()
+    x = torch.rand(2, 3, IMG, IMG)
+    cams = [grad_cam(model, x, torch.full((2,), k), backend=backend) for k in range(5)]
+    assert all(cam.shape == (2, IMG, IMG) and torch.isfinite(cam).all() for cam in cams)
+    assert max(float(cam.amax()) for cam in cams) > 0.5  # scaled to [0, 1]; a class may explain nothing
+    layer = gradcam_target_layer(model)
+    name = next(n for n, m in model.named_modules() if m is layer)
+    with capture_outputs(model, [name]) as outputs:
+        final = model.forward_features(x)
+    torch.testing.assert_close(outputs[name], final)  # the layer's output is the global level's map
+    maps = compute_maps(model, (x * 255).to(torch.uint8), gradcam=True, gradcam_backend=backend)
+    assert any(kind == "gradcam" for kind, _ in maps)
+
+
 @pytest.mark.parametrize("compat", ["pc", "dp"])
 def test_global_feature_only_matters_for_dp(compat):
     torch.manual_seed(0)
