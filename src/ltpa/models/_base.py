@@ -396,6 +396,14 @@ class LTPAModel(nn.Module):
         initialises everything else from a CIFAR-100 model, method §2.3)."""
         raise NotImplementedError
 
+    def _set_num_classes(self, num_classes: int) -> None:
+        """Records a new class count for ``reset_classifier``, in ``num_classes`` and in the recorded
+        ``model_kwargs``, so that checkpoints and ``save_pretrained`` rebuild the new classifier."""
+        self.num_classes = num_classes
+        kwargs = getattr(self, "model_kwargs", None)
+        if kwargs is not None:
+            self.model_kwargs = {**kwargs, "num_classes": num_classes}
+
     def save_pretrained(self, directory: str | os.PathLike[str], **card: Any) -> Path:
         """Writes ``model.safetensors``, ``config.json`` and a ``README.md`` model card to ``directory``.
 

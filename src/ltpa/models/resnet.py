@@ -200,4 +200,4 @@ class PreActResNet(AttentionModel):
             return
         self.fc = nn.Linear(self.fc.in_features, num_classes)
         init_official(self.fc, zero_linear_bias=True)
-        self.num_classes = num_classes
+        self._set_num_classes(num_classes)

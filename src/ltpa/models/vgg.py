@@ -271,7 +271,7 @@ class VGG(LTPAModel):
     def reset_classifier(self, num_classes: int) -> None:
         self.fc = nn.Linear(self.fc.in_features, num_classes)
         init_official(self.fc)
-        self.num_classes = num_classes
+        self._set_num_classes(num_classes)
 
 
 class VGGGAP(LTPAModel):
@@ -340,7 +340,7 @@ class VGGGAP(LTPAModel):
     def reset_classifier(self, num_classes: int) -> None:
         self.fc = nn.Linear(self.fc.in_features, num_classes)
         init_official(self.fc)
-        self.num_classes = num_classes
+        self._set_num_classes(num_classes)
 
 
 class VGGPAN(LTPAModel):
@@ -418,4 +418,4 @@ class VGGPAN(LTPAModel):
 
     def reset_classifier(self, num_classes: int) -> None:
         self.head.reset(num_classes)
-        self.num_classes = num_classes
+        self._set_num_classes(num_classes)
