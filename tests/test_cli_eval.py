@@ -276,6 +276,25 @@ def test_transfer_on_fake_image_folder_uses_the_cache(
     assert read_csv(tmp_path / "transfer.csv") == rows
 
 
+def test_transfer_tells_two_image_folders_apart(
+    trained_runs: dict[str, Path], fake_image_folder: Path, tmp_path: Path, capsys
+) -> None:
+    import shutil
+
+    shutil.copytree(fake_image_folder, tmp_path / "digits-b")
+    args = ["transfer", str(trained_runs["vgg"]), "--folds", "2", "--data-option", "train_fraction=0.5"]
+    for root in (fake_image_folder, tmp_path / "digits-b"):
+        args += ["--data", "image-folder", "--root", str(root)]
+    assert main([*args, "--out", str(tmp_path / "out")]) == 0
+    rows = read_csv(tmp_path / "out" / "transfer.csv")
+    assert [r["dataset"] for r in rows] == [f"image-folder:{fake_image_folder.name}", "image-folder:digits-b"]
+    details = json.loads((tmp_path / "out" / "transfer.json").read_text())
+    assert [d["root"] for d in details] == [str(fake_image_folder), str(tmp_path / "digits-b")]
+    same = ["transfer", str(trained_runs["vgg"]), "--data", "image-folder", "--data", "image-folder"]
+    assert main([*same, "--out", str(tmp_path / "again")]) == 2
+    assert "given twice with the same folder" in capsys.readouterr().err
+
+
 def test_transfer_rejects_unpaired_roots(trained_runs: dict[str, Path], tmp_path: Path, capsys) -> None:
     args = [
         "transfer",
