@@ -282,6 +282,47 @@ def test_ddp_two_processes_gloo(tmp_path):
     load_model(out)
 
 
+def _memory_format_worker(rank, port, results):
+    import torch.distributed as dist
+
+    import ltpa.train as train
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        # a busy CPU: the two processes' timings disagree
+        train.choose_channels_last = lambda *a, **k: (rank == 1, f"timed by {rank}")
+        cfg = tiny_train_config(Path("."), channels_last="auto")
+        data = train._Tensors(
+            torch.zeros(4, 3, 8, 8, dtype=torch.uint8),
+            torch.zeros(4).long(),
+            torch.zeros(1, 3, 8, 8),
+            torch.zeros(1).long(),
+            10,
+            [],
+        )
+        model = ltpa.create_model("vgg", width=0.125, num_classes=10, img_size=8)
+        dist_info = train._Dist(rank=rank, world=2)
+        chosen, _ = train._place_model(cfg, model, data, torch.device("cpu"), None, 8, dist_info)
+        results[rank] = (chosen, cfg.channels_last)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_processes_share_one_memory_format(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    results = mp.Manager().dict()
+    mp.spawn(_memory_format_worker, args=(port, results), nprocs=2, join=True)
+    assert results[0] == results[1] == (False, "off")  # process 0's choice, on both
+
+
 @pytest.mark.slow
 def test_demo_writes_summary_report_and_figures(tmp_path):
     out = tmp_path / "demo"

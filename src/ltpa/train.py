@@ -927,7 +927,9 @@ def _setup(
     if dist_info.main:
         _preflight(run_dir, need_bytes=n_params * 4 * CHECKPOINT_COPIES + CHECKPOINT_SLACK_BYTES)
 
-    channels_last, runtime["channels_last"] = _place_model(cfg, model, data, device, amp_dtype, img_size)
+    channels_last, runtime["channels_last"] = _place_model(
+        cfg, model, data, device, amp_dtype, img_size, dist_info
+    )
     optimizer = make_optimizer(cfg, model)
     state = TrainState()
     if resume:
@@ -985,23 +987,55 @@ def _place_model(
     device: torch.device,
     amp_dtype: torch.dtype | None,
     img_size: int,
+    dist_info: _Dist | None = None,
 ) -> tuple[bool, str]:
     """Moves the model to ``device`` in the memory format chosen for it (measured on a CPU); records the
-    choice in ``cfg.channels_last`` and returns it with its reason."""
+    choice in ``cfg.channels_last`` and returns it with its reason.
+
+    Under DDP the first process chooses (measures) and every process takes its choice: DDP needs the same
+    parameter strides on all of them, and two processes timing the formats on a busy CPU may disagree.
+    """
+    dist_info = dist_info or _Dist()
     model.to(device)
-    channels_last, reason = choose_channels_last(
-        cfg.channels_last,
-        model,
-        to_unit_float(data.train_x[: cfg.batch_size].to(device)),
-        data.train_y[: cfg.batch_size].to(device),
-        device,
-        amp_dtype,
-        cache_key=(cfg.model, cfg.width, img_size, repr(cfg.model_kwargs), cfg.amp, torch.get_num_threads()),
-    )
+    if dist_info.main:
+        channels_last, reason = choose_channels_last(
+            cfg.channels_last,
+            model,
+            to_unit_float(data.train_x[: cfg.batch_size].to(device)),
+            data.train_y[: cfg.batch_size].to(device),
+            device,
+            amp_dtype,
+            cache_key=(
+                cfg.model,
+                cfg.width,
+                img_size,
+                repr(cfg.model_kwargs),
+                cfg.amp,
+                torch.get_num_threads(),
+            ),
+        )
+    else:
+        channels_last, reason = False, ""
+    if dist_info.enabled:
+        channels_last = _rank0_flag(channels_last, device)
+        reason = (
+            f"{reason}; process 0 chose, all {dist_info.world} processes follow"
+            if dist_info.main
+            else ("the choice of process 0")
+        )
     cfg.channels_last = "on" if channels_last else "off"
     if channels_last:
         model.to(memory_format=torch.channels_last)
     return channels_last, reason
+
+
+def _rank0_flag(flag: bool, device: torch.device) -> bool:
+    """Process 0's ``flag``, in every process of the group."""
+    import torch.distributed as dist
+
+    value = torch.tensor([float(flag)], device=device)
+    dist.broadcast(value, src=0)
+    return bool(value.item())
 
 
 def _build_initial_model(
