@@ -286,6 +286,11 @@ def build_model(cfg: TrainConfig, num_classes: int, img_size: int) -> LTPAModel:
             )
         kwargs[key] = value
     own_family = cfg.model.startswith(("vgg", "resnet164"))  # ltpa's own models, which take drop_scale
+    if kwargs.get("pretrained") and not backbone:
+        raise LTPAError(
+            f"--pretrained loads the ImageNet weights of timm/ and tv/ backbones; {cfg.model} has none: drop it, "
+            "or start from a run of yours with --init-from RUN_DIR"
+        )
     if cfg.preset is None and cfg.width < NARROW_WIDTH and "drop_scale" not in kwargs and own_family:
         kwargs["drop_scale"] = narrow_drop_scale(cfg.width)
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from typing import Any
 
 import yaml
@@ -87,7 +88,17 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         help="split evaluated each epoch and used to pick best (default: test; val on cluttered data with "
         "--data-option holdout=N)",
     )
-    what.add_argument("--width", type=float, help="channel width multiplier (e.g. 0.125 on a CPU)")
+    what.add_argument(
+        "--pretrained",
+        action="store_true",
+        help="start a timm/ or tv/ backbone from its ImageNet weights, read from this machine's cache (nothing is "
+        "downloaded; the error says how to fetch them once)",
+    )
+    what.add_argument(
+        "--width",
+        type=float,
+        help="channel width multiplier of ltpa's vgg and resnet164 models (e.g. 0.125 on a CPU)",
+    )
     what.add_argument("--img-size", type=int, help="input side (default: the dataset's)")
     what.add_argument("--preprocess", help="input normalisation preset (default: the dataset's)")
     what.add_argument("--init-from", help="checkpoint to initialise all but the classifier from (CUB recipe)")
@@ -233,8 +244,8 @@ def train_command(args: argparse.Namespace) -> int:
             "--config FILE or --resume RUN_DIR"
         )
     overrides: dict[str, Any] = {key: getattr(args, key) for key in config_flag_keys()}
-    if args.model_kwarg:
-        overrides["model_kwargs"] = dict(args.model_kwarg)
+    if args.model_kwarg or args.pretrained:
+        overrides["model_kwargs"] = dict(args.model_kwarg) | ({"pretrained": True} if args.pretrained else {})
     if args.data_option:
         overrides["data_options"] = dict(args.data_option)
     from ltpa.train import fit
@@ -280,7 +291,9 @@ def _dry_run(cfg: Any) -> int:
         data_line = f"not present here ({err})"
     if num_classes is None:
         raise LTPAError(f"{cfg.data} needs its data to know the number of classes; pass --root")
-    with torch.device("meta"):
+    with torch.device("meta"), warnings.catch_warnings():
+        # --pretrained weights load into the meta tensors as a no-op, which PyTorch warns about once per tensor
+        warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter", category=UserWarning)
         model = build_model(cfg, num_classes, img_size)
     optimizer = make_optimizer(cfg, model)
     params = sum(p.numel() for p in model.parameters())
