@@ -83,11 +83,16 @@ _TMP = re.compile(r"\.(?P<name>.+)\.[A-Za-z0-9_]+\.tmp")
 
 @dataclass
 class FitResult:
-    """What :func:`fit` returns: the run folder, the trained model (unwrapped, eval mode) and its history."""
+    """What :func:`fit` returns: the run folder, the trained model (unwrapped, eval mode) and its history.
+
+    Each history row's ``test_loss`` and ``test_accuracy`` are measured on the ``eval_split`` (``val`` with
+    ``eval_split="val"``); the names stay for every split, so that readers of metrics files need one key.
+    """
 
     run_dir: Path
     model: LTPAModel
     history: list[dict[str, Any]] = field(default_factory=list)
+    eval_split: str = "test"
 
     @property
     def final(self) -> dict[str, Any]:
@@ -488,7 +493,11 @@ def _claim_out(run_dir: Path, cfg: TrainConfig, *, clear: bool, log: bool) -> No
                 "choose another --out"
             )
     if clear:
-        if log and (run_dir / "config.yaml").exists():
+        if log and ((run_dir / RESUME_FILE).exists() or _has_checkpoints(run_dir)):
+            epoch = _saved_epoch(run_dir)
+            done = f" (last saved epoch {epoch})" if epoch is not None else ""
+            logger.info("%s: --overwrite: replacing the earlier run there%s", run_dir, done)
+        elif log and (run_dir / "config.yaml").exists():
             logger.info("%s: replacing an earlier run that never finished an epoch", run_dir)
         clear_run(run_dir)
 
@@ -898,7 +907,7 @@ def _fit(
             if session.writer is not None:
                 session.writer.close()
     session.model.eval()
-    return FitResult(run_dir=run_dir, model=session.model, history=state.history)
+    return FitResult(run_dir=run_dir, model=session.model, history=state.history, eval_split=cfg.eval_split)
 
 
 def _setup(
@@ -910,7 +919,8 @@ def _setup(
     device = _resolve_device(cfg, dist_info)
     runtime: dict[str, Any] = {}
     if device.type == "cpu":
-        threads = configure_threads(cfg.threads)
+        # on resume the count is the one the run resolved when it started (config.yaml), not a flag
+        threads = configure_threads(cfg.threads, "the count the run started with" if resume else "--threads")
         cfg.threads = threads.threads  # resolved: config.yaml records it, so --resume computes the same
         runtime["threads"] = threads.reason
     precision = resolve_precision(cfg.amp, device)
@@ -1276,7 +1286,7 @@ def _end_epoch(session: _Session, state: TrainState, row: dict[str, Any]) -> Non
         logger.log(
             logging.WARNING if warning else logging.INFO,
             f"epoch {epoch}/{cfg.epochs}  loss {row['train_loss']:.4f}  train acc {row['train_accuracy']:.4f}  "
-            f"test acc {row['test_accuracy']:.4f}  lr {row['lr']:.4g}  {row['images_per_s']:.0f} img/s  "
+            f"{cfg.eval_split} acc {row['test_accuracy']:.4f}  lr {row['lr']:.4g}  {row['images_per_s']:.0f} img/s  "
             f"{row['seconds']:.1f}s" + warning,
         )
     elif warning and session.dist_info.main:

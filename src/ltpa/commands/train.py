@@ -267,7 +267,7 @@ def train_command(args: argparse.Namespace) -> int:
     final = result.final
     if final:
         print(
-            f"{result.run_dir}: epoch {final['epoch']}  test accuracy {final['test_accuracy']:.4f}  "
+            f"{result.run_dir}: epoch {final['epoch']}  {result.eval_split} accuracy {final['test_accuracy']:.4f}  "
             f"(best {result.best_accuracy:.4f})"
         )
     return 0
