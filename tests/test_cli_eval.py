@@ -383,3 +383,29 @@ def test_every_evaluation_command_runs_with_only_a_run_folder(
     out = tmp_path / command
     assert main([command, str(run), *extra.get(command, []), "--out", str(out)]) == 0
     assert any(out.iterdir())
+
+
+def test_eval_warns_about_other_classes_notes_precision_and_drops_stale_figures(
+    trained_runs: dict[str, Path], fake_image_folder: Path, tmp_path: Path, capsys
+) -> None:
+    from ltpa.checkpoint import read_sidecar
+
+    out = tmp_path / "eval"
+    runs = [str(trained_runs[k]) for k in ("att2", "vgg")]
+    assert main(["eval", *runs, "--data", "cluttered-digits", *data_option_flags(), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "labels are compared by index" not in err  # its own classes
+    amp = read_sidecar(trained_runs["att2"])["config"].get("amp")
+    assert ("autocast; ltpa eval computes in fp32" in err) == (amp in ("bf16", "fp16"))
+    assert json.loads((out / "eval.json").read_text())["att2"]["precision"] == "fp32"
+    (out / "confusion_mine.png").write_bytes(b"a user's file")
+    # a 10-class model on a 3-class folder: scored by index, with a warning
+    args = ["eval", runs[1], "--data", "image-folder", "--root", str(fake_image_folder), "--out", str(out)]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "vgg was trained on 10 classes" in err and "but image-folder test has 3 (one, seven, zero)" in err
+    assert "labels are compared by index" in err
+    assert not (out / "confusion_att2.png").exists()  # the earlier eval's run, no longer in eval.json
+    assert (out / "confusion_vgg.png").is_file() and (
+        out / "confusion_mine.png"
+    ).read_bytes() == b"a user's file"

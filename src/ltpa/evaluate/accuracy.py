@@ -15,6 +15,7 @@ answer counts as wrong).
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -206,11 +207,25 @@ def plot_confusion(result: AccuracyResult, path: str | os.PathLike[str], *, titl
     return save_figure(fig, path)
 
 
+def _earlier_runs(path: Path) -> set[str]:
+    """The run names of an ``eval.json`` written before (empty when there is none or it is not ltpa's)."""
+    try:
+        earlier = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return set()
+    return (
+        {name for name, entry in earlier.items() if isinstance(entry, dict)}
+        if isinstance(earlier, dict)
+        else set()
+    )
+
+
 def run_eval(checkpoints: Sequence[str | os.PathLike[str]], config: EvalConfig) -> dict[str, AccuracyResult]:
     """``ltpa eval``: accuracy of each checkpoint on ``config.data``.
 
     Writes ``eval.json`` (``{"<run>": {"accuracy", "error", "n", "per_class", "classes", "confusion",
-    "dataset", "split"}}``) and ``confusion_<run>.png`` under ``config.out``, and prints a table.
+    "dataset", "split"}}``) and ``confusion_<run>.png`` under ``config.out``, and prints a table. The confusion
+    figures of runs an earlier ``eval.json`` there listed, and this one does not, are removed.
 
     Returns:
         The results by run name.
@@ -243,9 +258,21 @@ def run_eval(checkpoints: Sequence[str | os.PathLike[str]], config: EvalConfig) 
             "dataset": config.data,
             "split": config.split,
             "options": data.options,
+            "precision": "fp32",
         }
+        trained_amp = ((getattr(model, "checkpoint", None) or {}).get("config") or {}).get("amp")
+        if trained_amp in ("bf16", "fp16"):
+            logger.info(
+                f"note: {model.run_name}'s accuracy during training was measured under {trained_amp} autocast; "
+                "ltpa eval computes in fp32, so the two can differ by a few images"
+            )
         plot_confusion(result, out / f"confusion_{safe_filename(model.run_name)}.png", title=model.run_name)
+    stale = _earlier_runs(out / "eval.json") - set(results)
     write_json(out / "eval.json", report)
+    for name in stale:  # figures of an earlier eval.json's runs: left there, they would read as this one's
+        figure = out / f"confusion_{safe_filename(name)}.png"
+        if figure.is_file() and not figure.is_symlink():
+            figure.unlink()
     rows = [
         {"model": name, "n": r.n, "accuracy": r.accuracy, "error": r.error} for name, r in results.items()
     ]
