@@ -387,3 +387,16 @@ def test_console_names_the_split_overwrite_and_resumed_thread_count(tmp_path, ca
     assert ltpa.cli.main(["train", "--resume", str(tmp_path / "run"), "--epochs", "2"]) == 0
     err = capsys.readouterr().err
     assert "the count the run started with" in err and "(--threads)" not in err
+
+
+def test_a_run_that_fails_before_training_leaves_no_empty_folder(tmp_path):
+    out = tmp_path / "runs" / "nodata"
+    cfg = small(tmp_path, data="cifar10", root=str(tmp_path / "missing"), out=str(out))
+    with pytest.raises(LTPAError, match="cifar"):
+        fit(cfg)
+    assert not (tmp_path / "runs").exists()  # neither the run folder nor the parent it made
+    mine = tmp_path / "mine"
+    mine.mkdir()  # a folder the user made stays, as empty as it was
+    with pytest.raises(LTPAError, match="cifar"):
+        fit(small(tmp_path, data="cifar10", root=str(tmp_path / "missing"), out=str(mine)))
+    assert mine.is_dir() and [p.name for p in mine.iterdir() if p.name != ".ltpa.lock"] == []

@@ -793,6 +793,8 @@ def fit(
     lock = _RunLock(run_dir) if dist_info.main else None
     if resume is None and dist_info.main:
         _claim_out(run_dir, cfg, clear=False, log=False)  # refuse before creating anything there
+    created = [p for p in (run_dir, *run_dir.parents) if not p.exists()]  # folders this call makes
+    finished = False
     if lock is not None:
         lock.acquire()
     try:
@@ -806,11 +808,32 @@ def fit(
                 clear_run(run_dir)
         elif dist_info.main:
             _claim_out(run_dir, cfg, clear=True, log=not cfg.quiet)
-        return _fit(cfg, run_dir, dist_info, resume_meta, notes, callbacks)
+        result = _fit(cfg, run_dir, dist_info, resume_meta, notes, callbacks)
+        finished = True
+        return result
     finally:
         if lock is not None:
             lock.release()
+            if not finished:
+                _remove_unused(created)
         _end_distributed(dist_info)
+
+
+def _remove_unused(created: list[Path]) -> None:
+    """After a run that failed before writing anything (no data, a bad model option...): removes the folders
+    it created, deepest first, where nothing but its lock file is in them, so that no empty run folder stays."""
+    for folder in created:
+        try:
+            entries = list(folder.iterdir())
+        except OSError:
+            return
+        if any(e.name != LOCK_FILE for e in entries):
+            return
+        try:
+            (folder / LOCK_FILE).unlink(missing_ok=True)
+            folder.rmdir()
+        except OSError:
+            return
 
 
 @dataclass
