@@ -1444,7 +1444,8 @@ def _tensorboard(cfg: TrainConfig, run_dir: Path) -> Any:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as err:
         raise LTPAError(
-            "--tensorboard needs the tensorboard package: pip install 'ltpa[tensorboard]'"
+            "--tensorboard needs the tensorboard package: pip install tensorboard (or, in an ltpa checkout, "
+            "pip install -e '.[tensorboard]')"
         ) from err
     return SummaryWriter(str(run_dir / "tensorboard"))
 

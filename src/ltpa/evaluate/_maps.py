@@ -9,7 +9,7 @@ positions looks empty otherwise).
   predicted class, for ``vgg_pan`` the sigmoid gate and the softmax map.
 * Grad-CAM (Selvaraju et al. 2017) is computed on the last convolutional block of the trunk (see
   :func:`gradcam_target_layer`). With the optional ``grad-cam`` package installed (``pip install
-  'ltpa[gradcam]'``) its ``GradCAM`` is used; otherwise (or with ``backend="own"``) a small implementation
+  grad-cam``; in an ltpa checkout ``pip install -e '.[gradcam]'``) its ``GradCAM`` is used; otherwise (or with ``backend="own"``) a small implementation
   here, with a forward hook held in a context manager that always removes it. Both give the same maps: the
   ReLU of the gradient-weighted channel sum, min-max scaled at the layer's resolution, bilinearly upsampled to
   the input and min-max scaled again.
@@ -178,7 +178,8 @@ def gradcam_backend(backend: str = "auto") -> str:
     installed = importlib.util.find_spec("pytorch_grad_cam") is not None
     if backend == "package" and not installed:
         raise LTPAError(
-            "the grad-cam package is not installed; pip install 'ltpa[gradcam]' or use the own backend"
+            "the grad-cam package is not installed; pip install 'grad-cam>=1.5' (or, in an ltpa checkout, "
+            "pip install -e '.[gradcam]') or use the own backend"
         )
     if backend == "auto":
         return "package" if installed else "own"
