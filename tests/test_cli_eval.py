@@ -409,3 +409,31 @@ def test_eval_warns_about_other_classes_notes_precision_and_drops_stale_figures(
     assert (out / "confusion_vgg.png").is_file() and (
         out / "confusion_mine.png"
     ).read_bytes() == b"a user's file"
+
+
+def test_localize_and_segment_take_a_users_own_masks(trained_runs: dict[str, Path], tmp_path: Path) -> None:
+    from PIL import Image
+
+    # pictures of one's own, laid out by split, with a mask per picture in a tree beside them
+    generator = torch.Generator().manual_seed(0)
+    for split, n in (("train", 2), ("test", 3)):
+        for name in ("a", "b"):
+            for i in range(n):
+                image = torch.randint(0, 60, (20, 24, 3), generator=generator, dtype=torch.uint8)
+                image[5:12, 6:16] = 230
+                mask = torch.zeros(20, 24, dtype=torch.uint8)
+                mask[5:12, 6:16] = 255
+                for folder, array in (("pictures", image), ("masks", mask)):
+                    path = tmp_path / folder / split / name / f"{name}{i}.png"
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    Image.fromarray(array.numpy()).save(path)
+    data = ["--data", "image-folder", "--root", str(tmp_path / "pictures")]
+    data += ["--data-option", f"masks={tmp_path / 'masks'}"]
+    assert main(["localize", str(trained_runs["att2"]), *data, "--out", str(tmp_path / "loc")]) == 0
+    report = json.loads((tmp_path / "loc" / "localize.json").read_text())
+    assert report["mask_area_fraction"] == pytest.approx(
+        70 / 480, abs=0.02
+    )  # the 7x10 box of 20x24, at 16 px
+    rows = read_csv(tmp_path / "loc" / "localize.csv")
+    assert {r["level"] for r in rows} >= {"uniform"}
+    assert main(["segment", str(trained_runs["att2"]), *data, "--out", str(tmp_path / "seg")]) == 0

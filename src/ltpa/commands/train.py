@@ -86,7 +86,7 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     what.add_argument(
         "--eval-split",
         help="split evaluated each epoch and used to pick best (default: test; val on cluttered data with "
-        "--data-option holdout=N)",
+        "--data-option holdout=N, or on an image folder with a val/ folder)",
     )
     what.add_argument(
         "--pretrained",
