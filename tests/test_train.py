@@ -376,3 +376,39 @@ def test_cub_models_start_from_cifar100_weights(tmp_path, name):
     assert loaded == len([k for k in same if not k.startswith("preprocess.")]) > 0
     for key in same:
         torch.testing.assert_close(own[key], cifar.state_dict()[key], msg=key)
+
+
+class _Digits(torch.utils.data.Dataset):
+    """scikit-learn's handwritten digits as a user's own Dataset: float (1, 8, 8) images in [0, 1]."""
+
+    def __init__(self, part: slice) -> None:
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        self.images = torch.tensor(digits.images[part] / 16.0, dtype=torch.float32)[:, None]
+        self.labels = torch.tensor(digits.target[part])
+        self.classes = [f"digit {k}" for k in range(10)]
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        return self.images[index], self.labels[index]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("single_thread")
+def test_fit_trains_on_a_users_own_dataset(tmp_path):
+    cfg = TrainConfig(
+        model="vgg_gap", width=0.125, img_size=16, epochs=3, out=str(tmp_path / "run"), quiet=True
+    )
+    result = fit(cfg, train_data=_Digits(slice(0, 1400)), eval_data=_Digits(slice(1400, None)))
+    assert result.final["test_accuracy"] > 0.5, result.history  # real digits, chance 0.1
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["data"] == "custom" and saved["img_size"] == 16 and saved["preprocess"] == "meanstd"
+    model = load_model(tmp_path / "run")
+    assert model.checkpoint["classes"][3] == "digit 3" and model.img_size == 16
+    with pytest.raises(LTPAError, match="pass them again"):
+        fit(TrainConfig(quiet=True), resume=tmp_path / "run", changes={"epochs": 4})
+    with pytest.raises(LTPAError, match="needs both train_data and eval_data"):
+        fit(cfg, train_data=_Digits(slice(0, 10)))

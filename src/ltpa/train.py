@@ -46,6 +46,7 @@ import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
+from torch.utils.data import Dataset
 
 from ltpa.checkpoint import atomic_write, save_checkpoint
 from ltpa.config import TrainConfig, _check_keys, _check_types, _validate
@@ -219,18 +220,99 @@ class _Tensors:
     classes: list[str]
 
 
-def _load_data(cfg: TrainConfig, img_size: int, progress: bool) -> _Tensors:
-    from ltpa.data import build_dataset, load_tensors
+@dataclass
+class _UserData:
+    """Datasets passed to :func:`fit` instead of a registered dataset name."""
 
-    train = build_dataset(cfg.data, root=cfg.root, split="train", **cfg.data_options)
-    test = build_dataset(cfg.data, root=cfg.root, split=cfg.eval_split, **cfg.data_options)
+    train: Dataset
+    eval: Dataset
+
+
+class _AsImages(Dataset):
+    """A user's dataset with its images as ltpa reads them: uint8 ``(3, H, W)`` tensors.
+
+    Accepts tensors (uint8, or float in [0, 1] as ``ToTensor`` gives), numpy arrays (HWC or CHW) and PIL
+    images; grey images become three equal channels. Labels become ints.
+    """
+
+    def __init__(self, dataset: Dataset, name: str) -> None:
+        self.dataset, self.name = dataset, name
+        self.classes = getattr(dataset, "classes", None)
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        item = self.dataset[index]
+        if not isinstance(item, tuple | list) or len(item) < 2:
+            raise LTPAError(f"{self.name} item {index} is not an (image, label) pair")
+        image, label = item[0], item[1]
+        if not isinstance(image, torch.Tensor):
+            import numpy as np
+
+            array = np.asarray(image)
+            image = torch.from_numpy(np.ascontiguousarray(array))
+            if image.dim() == 3 and image.shape[-1] in (1, 3, 4) and image.shape[0] not in (1, 3):
+                image = image.permute(2, 0, 1)  # HWC (PIL, numpy) to CHW
+        if image.dim() == 2:
+            image = image[None]
+        if image.dim() != 3 or image.shape[0] not in (1, 3, 4):
+            raise LTPAError(
+                f"{self.name} item {index}: expected an image (C, H, W) with 1 or 3 channels, got "
+                f"{tuple(image.shape)}"
+            )
+        image = image[:3].expand(3, -1, -1) if image.shape[0] == 1 else image[:3]
+        if image.is_floating_point():
+            image = (image.clamp(0, 1) * 255).round().to(torch.uint8)
+        elif image.dtype != torch.uint8:
+            raise LTPAError(
+                f"{self.name} item {index}: images must be uint8 or float in [0, 1], got {image.dtype}"
+            )
+        return image.contiguous(), int(label)
+
+
+def _load_data(
+    cfg: TrainConfig, img_size: int | None, progress: bool, user: _UserData | None = None
+) -> _Tensors:
+    """The training and held-out images as uint8 tensors at ``img_size`` (None: the datasets' own size)."""
+    from ltpa.data import build_dataset, list_datasets, load_tensors
+
+    if user is not None:
+        train, test = user.train, user.eval
+    elif cfg.data not in list_datasets():
+        raise LTPAError(
+            f"data {cfg.data!r} is not a registered dataset: this run trained on datasets given to fit(); pass "
+            "them again (fit(cfg, resume=..., train_data=..., eval_data=...))"
+        )
+    else:
+        train = build_dataset(cfg.data, root=cfg.root, split="train", **cfg.data_options)
+        test = build_dataset(cfg.data, root=cfg.root, split=cfg.eval_split, **cfg.data_options)
     tx, ty, _ = load_tensors(train, img_size, limit=cfg.subset, progress=progress)
     vx, vy, _ = load_tensors(test, img_size, limit=cfg.test_subset, progress=progress)
+    if len(tx) == 0 or len(vx) == 0:
+        raise LTPAError(
+            f"no {'training' if len(tx) == 0 else 'held-out'} images in {cfg.data}; check the data"
+        )
+    if vx.shape[-2:] != tx.shape[-2:]:
+        raise LTPAError(
+            f"training images are {tuple(tx.shape[-2:])} but held-out ones {tuple(vx.shape[-2:])}; set img_size"
+        )
     if len(tx) < cfg.batch_size and cfg.drop_last:
         raise LTPAError(
             f"{len(tx)} training images are fewer than one batch of {cfg.batch_size}; lower --batch-size or raise --subset"
         )
-    return _Tensors(tx, ty.long(), vx, vy.long(), int(train.num_classes), list(train.classes))
+    classes = getattr(train, "classes", None)
+    if classes is None:
+        top = int(max(ty.max(), vy.max()))
+        classes = [str(k) for k in range(top + 1)]
+    classes = [str(c) for c in classes]
+    for name, labels in (("training", ty), ("held-out", vy)):
+        if int(labels.min()) < 0 or int(labels.max()) >= len(classes):
+            raise LTPAError(
+                f"{name} labels of {cfg.data} run from {int(labels.min())} to {int(labels.max())}, outside the "
+                f"{len(classes)} classes 0..{len(classes) - 1}; labels must be class indices"
+            )
+    return _Tensors(tx, ty.long(), vx, vy.long(), len(classes), classes)
 
 
 def _augment(cfg: TrainConfig, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -758,6 +840,8 @@ def fit(
     resume: str | os.PathLike[str] | None = None,
     callbacks: Sequence[Callable[[dict[str, Any]], None]] = (),
     changes: dict[str, Any] | None = None,
+    train_data: Dataset | None = None,
+    eval_data: Dataset | None = None,
 ) -> FitResult:
     """Trains ``cfg.model`` on ``cfg.data`` and writes the run folder (see the module docstring).
 
@@ -770,6 +854,12 @@ def fit(
         changes: with ``resume``, the settings given again (e.g. the command line's flags): more ``epochs``
             extend the run, ``device`` and ``quiet`` apply, any other value that differs from the saved config
             is refused.
+        train_data: any ``torch.utils.data.Dataset`` of ``(image, label)`` items (uint8 or [0, 1] float
+            ``(3, H, W)`` images, class-index labels) to train on instead of the registered ``cfg.data``; its
+            ``classes`` attribute names the classes where it has one. ``cfg.data`` then only labels the run
+            (a registered name becomes ``"custom"``), ``cfg.img_size`` defaults to the images' side and
+            ``cfg.preprocess`` to ``meanstd``. A resumed run needs the same datasets again.
+        eval_data: the held-out dataset evaluated after each epoch (required with ``train_data``).
 
     Returns:
         A :class:`FitResult`.
@@ -780,12 +870,15 @@ def fit(
             (named by epoch; the checkpoints saved before stay).
         KeyboardInterrupt: after saving resume state, on Ctrl-C or SIGTERM.
     """
+    user = _user_data(train_data, eval_data)
     if resume is not None:
         run_dir = Path(resume)
         if not run_dir.is_dir():
             raise LTPAError(f"nothing to resume: {run_dir} is not a folder")
         device_choice = (changes or {}).get("device") or cfg.device
     else:
+        if user is not None:
+            cfg = _label_user_data(cfg, user)
         _validate(cfg)
         run_dir = Path(cfg.out) if cfg.out else _default_out(cfg)
         device_choice = cfg.device
@@ -808,7 +901,7 @@ def fit(
                 clear_run(run_dir)
         elif dist_info.main:
             _claim_out(run_dir, cfg, clear=True, log=not cfg.quiet)
-        result = _fit(cfg, run_dir, dist_info, resume_meta, notes, callbacks)
+        result = _fit(cfg, run_dir, dist_info, resume_meta, notes, callbacks, user)
         finished = True
         return result
     finally:
@@ -817,6 +910,40 @@ def fit(
             if not finished:
                 _remove_unused(created)
         _end_distributed(dist_info)
+
+
+def _user_data(train_data: Dataset | None, eval_data: Dataset | None) -> _UserData | None:
+    if train_data is None and eval_data is None:
+        return None
+    if train_data is None or eval_data is None:
+        raise LTPAError("fit() needs both train_data and eval_data (held-out images evaluated each epoch)")
+    for name, data in (("train_data", train_data), ("eval_data", eval_data)):
+        if not isinstance(data, Dataset) or not hasattr(data, "__len__"):
+            raise LTPAError(
+                f"{name} must be a torch.utils.data.Dataset with a length, got {type(data).__name__}"
+            )
+    return _UserData(_AsImages(train_data, "train_data"), _AsImages(eval_data, "eval_data"))
+
+
+def _label_user_data(cfg: TrainConfig, user: _UserData) -> TrainConfig:
+    """``cfg`` for datasets given to fit(): ``data`` a label that names no registered dataset, and the input
+    size and normalisation that would otherwise come from the registry."""
+    import dataclasses
+
+    from ltpa.data import list_datasets
+    from ltpa.data._base import load_tensors
+
+    changes: dict[str, Any] = {}
+    if cfg.data in list_datasets():
+        changes["data"] = "custom"
+    if cfg.img_size is None:
+        first, _, _ = load_tensors(user.train, None, limit=1, progress=False)
+        if len(first) == 0:
+            raise LTPAError("train_data is empty")
+        changes["img_size"] = int(first.shape[-1])
+    if cfg.preprocess is None and not cfg.model.startswith(("timm/", "tv/")):
+        changes["preprocess"] = "meanstd"
+    return dataclasses.replace(cfg, **changes)
 
 
 def _remove_unused(created: list[Path]) -> None:
@@ -914,8 +1041,9 @@ def _fit(
     resume_meta: dict[str, Any] | None,
     notes: list[str],
     callbacks: Sequence[Callable[[dict[str, Any]], None]],
+    user: _UserData | None = None,
 ) -> FitResult:
-    session, state = _setup(cfg, run_dir, dist_info, resume_meta, notes)
+    session, state = _setup(cfg, run_dir, dist_info, resume_meta, notes, user)
     with _StopFlag() as stop:
         try:
             for epoch in range(state.epoch, cfg.epochs + 1):
@@ -934,7 +1062,12 @@ def _fit(
 
 
 def _setup(
-    cfg: TrainConfig, run_dir: Path, dist_info: _Dist, resume_meta: dict[str, Any] | None, notes: list[str]
+    cfg: TrainConfig,
+    run_dir: Path,
+    dist_info: _Dist,
+    resume_meta: dict[str, Any] | None,
+    notes: list[str],
+    user: _UserData | None = None,
 ) -> tuple[_Session, TrainState]:
     """Resolves the runtime (threads, precision, memory format), loads data, builds model and optimiser,
     restores resume state, wraps the model (SyncBN, DDP, compile) and writes config.yaml and run.json."""
@@ -956,10 +1089,12 @@ def _setup(
             f"batch size {cfg.batch_size} does not split over {dist_info.world} processes; pick a multiple"
         )
 
-    from ltpa.data import dataset_info
+    from ltpa.data import dataset_info, list_datasets
 
+    if cfg.img_size is None and cfg.data not in list_datasets():
+        raise LTPAError(f"data {cfg.data!r} is not a registered dataset; give its datasets to fit() again")
     img_size = cfg.img_size or dataset_info(cfg.data).img_size
-    data = _load_data(cfg, img_size, progress=bar)
+    data = _load_data(cfg, img_size, progress=bar, user=user)
     model = _build_initial_model(cfg, data, img_size, resume, log)
     n_params = sum(p.numel() for p in model.parameters())
     if dist_info.main:
