@@ -374,6 +374,8 @@ def test_console_names_the_split_overwrite_and_resumed_thread_count(tmp_path, ca
     assert ltpa.cli.main(val_flags) == 0
     captured = capsys.readouterr()
     assert "val acc" in captured.err and "test acc" not in captured.err
+    # the input size is said: images are resized to the dataset's size unless told
+    assert "images at 32x32 (the dataset's size; --img-size changes it)" in captured.err
     assert "val accuracy" in captured.out
     # --overwrite on a finished run says it replaces that run, not that it "never finished an epoch"
     flags = _without(small_flags(tmp_path / "run"), "--quiet")

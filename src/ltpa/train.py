@@ -1144,7 +1144,9 @@ def _setup(
         session.writer = _tensorboard(cfg, run_dir)
     if log:
         logger.info(
-            f"training {cfg.model} ({n_params:,} parameters) on {cfg.data}: {n} images, {steps} steps/epoch, "
+            f"training {cfg.model} ({n_params:,} parameters) on {cfg.data}: {n} images at {img_size}x{img_size} "
+            + ("(--img-size)" if cfg.img_size else "(the dataset's size; --img-size changes it)")
+            + f", {steps} steps/epoch, "
             f"{cfg.epochs} epochs, device {device}"
             + (f" x{dist_info.world}" if dist_info.enabled else "")
             + f" ({describe_runtime(cfg.threads if device.type == 'cpu' else None, cfg.amp, cfg.channels_last)})"
@@ -1265,6 +1267,7 @@ def _write_run_files(
         "world_size": session.dist_info.world,
         "params": n_params,
         "train_images": len(session.data.train_x),
+        "img_size": int(session.data.train_x.shape[-1]),
         "test_images": len(session.data.test_x),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "resumed_from_epoch": state.epoch if resume else None,
