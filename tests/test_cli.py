@@ -38,3 +38,21 @@ def test_quiet_before_the_command_reaches_its_own_quiet_flag(where, capsys):
 def test_verbose_and_quiet_together_is_an_error(capsys):
     assert ltpa.cli.main(["-v", "models", "--quiet"]) == 2
     assert "-v and --quiet contradict" in capsys.readouterr().err
+
+
+def test_models_lists_timm_and_torchvision_backbones(capsys):
+    import timm
+
+    assert ltpa.cli.main(["models", "timm/resnet1*"]) == 0
+    out = capsys.readouterr().out
+    listed = [line for line in out.splitlines() if line.startswith("timm/")]
+    assert "timm/resnet18" in listed and len(listed) == len(timm.list_models("resnet1*")) > 3
+    assert "ltpa models timm/" in out and "_att2_pc" in out
+    assert ltpa.cli.main(["models", "tv/resnet", "--json"]) == 0
+    assert "tv/resnet18" in capsys.readouterr().out
+    # a full name: its parameters and attended levels
+    assert ltpa.cli.main(["models", "timm/test_resnet_att2_pc", "--img-size", "64"]) == 0
+    row = [
+        line for line in capsys.readouterr().out.splitlines() if line.startswith("timm/test_resnet_att2_pc")
+    ]
+    assert len(row) == 1 and "@ 16" in row[0] and "@ 32" in row[0]
