@@ -94,3 +94,65 @@ def test_defaults_train_a_narrow_attention_model_in_three_epochs(tmp_path):
     )
     result = fit(cfg)
     assert result.final["test_accuracy"] > 0.35, result.history
+
+
+def _reparse(command):
+    import shlex
+
+    from ltpa.commands.train import config_from_args
+
+    words = shlex.split(command)
+    assert words[:2] == ["ltpa", "train"]
+    return config_from_args(ltpa.cli.build_parser().parse_args(words[1:]))
+
+
+def _recipe(cfg):
+    from ltpa.config import _RUN_ONLY
+
+    return {k: v for k, v in cfg.to_dict().items() if k not in _RUN_ONLY}
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {
+            "model": "vgg",
+            "data": "fashion-mnist",
+            "width": 0.125,
+            "epochs": 3,
+            "subset": 3000,
+            "augment": "flip",
+            "optimizer": "sgd",
+            "nesterov": True,
+            "lr_milestones": [2],
+            "lr_factors": [0.5],
+            "lr_schedule": "step",
+            "model_kwargs": {"drop_scale": 0.0, "init_seed": 3},
+            "eval_split": "val",
+            "data_options": {"object_scale": [0.6, 0.8], "holdout": 64, "kind": "1e-3"},
+        },
+        {"preset": "vgg_att3_concat_pc-cifar100-variant-c", "epochs": 20, "drop_last": False},
+        {"preset": "demo", "model": "vgg", "lr": 0.01},
+    ],
+)
+def test_command_line_trains_the_same_config_again(settings):
+    from ltpa.config import command_line
+
+    preset = settings.pop("preset", None)
+    cfg = resolve_config(preset=preset, overrides={**settings, "out": "/tmp/x", "threads": 3, "quiet": True})
+    command = command_line(cfg.to_dict())
+    assert "--out" not in command and "--threads" not in command
+    assert _recipe(_reparse(command)) == _recipe(cfg)
+
+
+def test_command_line_shows_paths_portably(tmp_path, monkeypatch):
+    from ltpa.config import command_line, portable_path
+
+    monkeypatch.chdir(tmp_path)
+    assert portable_path(str(tmp_path / "data" / "caltech")) == "data/caltech"
+    assert portable_path("data/caltech") == "data/caltech"
+    assert portable_path("/srv/elsewhere/caltech101") == "caltech101"
+    cfg = TrainConfig(model="vgg", data="image-folder", root=str(tmp_path / "data" / "pets"))
+    assert "--root data/pets" in command_line(cfg.to_dict()) and str(tmp_path) not in command_line(
+        cfg.to_dict()
+    )

@@ -29,7 +29,16 @@ import yaml
 
 from ltpa.errors import LTPAError
 
-__all__ = ["DEFAULT_LR", "PRESETS", "TrainConfig", "list_presets", "preset_overrides", "resolve_config"]
+__all__ = [
+    "DEFAULT_LR",
+    "PRESETS",
+    "TrainConfig",
+    "command_line",
+    "list_presets",
+    "portable_path",
+    "preset_overrides",
+    "resolve_config",
+]
 
 # The learning rate of a run that gives none, per optimiser: AdamW's is the demo's; SGD's is the usual rate of
 # (undampened) momentum SGD on CIFAR-sized images.
@@ -399,3 +408,78 @@ def _validate(cfg: TrainConfig) -> None:
         raise LTPAError("lr and width must be positive")
     if cfg.eval_split == "train" or not cfg.eval_split:
         raise LTPAError(f"eval_split must be a held-out split such as test or val, got {cfg.eval_split!r}")
+
+
+# Settings that say where and how a run goes, not what it computes: a command that reproduces a run leaves them
+# out (the thread count and memory format change results only in the last bits).
+_RUN_ONLY = (
+    "out", "device", "quiet", "overwrite", "threads", "channels_last", "compile", "tensorboard",
+    "checkpoint_every", "eval_batch_size", "sync_bn", "preset",
+)  # fmt: skip
+
+
+def portable_path(path: str | None) -> str | None:
+    """``path`` as it can be shown to someone else: relative to the working folder when inside it, ``~/...``
+    under the home folder, else only its last part (an absolute path of this machine means nothing
+    elsewhere)."""
+    if not path:
+        return path
+    here, home, full = Path.cwd().resolve(), Path.home().resolve(), Path(path).expanduser()
+    if not full.is_absolute():
+        return str(Path(path))
+    full = full.resolve()
+    if full.is_relative_to(here):
+        return str(full.relative_to(here)) or "."
+    if full.is_relative_to(home):
+        return str(Path("~") / full.relative_to(home))
+    return full.name or str(full)
+
+
+def _flag_value(value: Any) -> str:
+    """``value`` as the YAML text ``--model-kwarg``/``--data-option`` read back to the same value."""
+    if isinstance(value, tuple):
+        value = list(value)
+    text = yaml.safe_dump(value, default_flow_style=True, width=1_000_000).strip()
+    return text[: -len("...")].strip() if text.endswith("...") else text
+
+
+def command_line(config: dict[str, Any]) -> str:
+    """The ``ltpa train`` command that trains ``config`` (a saved TrainConfig as a dict) again: its preset,
+    then every setting that differs from the preset or the defaults, with paths made portable
+    (:func:`portable_path`). Where and how the run went (``out``, ``device``, threads...) is left out."""
+    import shlex
+
+    preset = config.get("preset")
+    try:
+        base = resolve_config(preset=preset).to_dict() if preset else TrainConfig().to_dict()
+    except LTPAError:  # a preset this version no longer has: every setting then
+        preset, base = None, TrainConfig().to_dict()
+    words = ["ltpa", "train"]
+    if preset:
+        words += ["--preset", str(preset)]
+    else:  # what to train, always said
+        words += [
+            "--model",
+            str(config.get("model", base["model"])),
+            "--data",
+            str(config.get("data", base["data"])),
+        ]
+    for key, value in config.items():
+        if key in _RUN_ONLY or key not in _FIELDS or value is None or value == base.get(key):
+            continue
+        if key in ("model", "data") and not preset:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if key in ("root", "init_from"):
+            words += [flag, str(portable_path(value))]
+        elif key in ("model_kwargs", "data_options"):
+            option = "--model-kwarg" if key == "model_kwargs" else "--data-option"
+            for name, item in value.items():  # all of them: the flags replace the preset's mapping
+                words += [option, f"{name}={_flag_value(item)}"]
+        elif isinstance(value, bool):
+            words.append(flag if value else "--no-" + key.replace("_", "-"))
+        elif isinstance(value, list):
+            words += [flag, *(str(v) for v in value)]
+        else:
+            words += [flag, str(value)]
+    return " ".join(shlex.quote(w) for w in words)

@@ -231,8 +231,25 @@ def config_flag_keys() -> list[str]:
     return [f.name for f in dataclasses.fields(TrainConfig) if f.name not in _NOT_FLAGS]
 
 
+def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The config values the command line gives (None where a flag is absent)."""
+    overrides: dict[str, Any] = {key: getattr(args, key) for key in config_flag_keys()}
+    if args.model_kwarg or args.pretrained:
+        overrides["model_kwargs"] = dict(args.model_kwarg) | ({"pretrained": True} if args.pretrained else {})
+    if args.data_option:
+        overrides["data_options"] = dict(args.data_option)
+    return overrides
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    """The TrainConfig of a parsed ``ltpa train`` command line (defaults, --config, --preset, flags)."""
+    from ltpa.config import resolve_config
+
+    return resolve_config(args.config, args.preset, flag_overrides(args))
+
+
 def train_command(args: argparse.Namespace) -> int:
-    from ltpa.config import TrainConfig, list_presets, load_yaml, preset_overrides, resolve_config
+    from ltpa.config import TrainConfig, list_presets, load_yaml, preset_overrides
 
     if args.list_presets:
         for name in list_presets():
@@ -243,11 +260,7 @@ def train_command(args: argparse.Namespace) -> int:
             "say what to train: --model NAME (`ltpa models`), --preset NAME (--list-presets), "
             "--config FILE or --resume RUN_DIR"
         )
-    overrides: dict[str, Any] = {key: getattr(args, key) for key in config_flag_keys()}
-    if args.model_kwarg or args.pretrained:
-        overrides["model_kwargs"] = dict(args.model_kwarg) | ({"pretrained": True} if args.pretrained else {})
-    if args.data_option:
-        overrides["data_options"] = dict(args.data_option)
+    overrides = flag_overrides(args)
     from ltpa.train import fit
 
     if args.resume is not None:
@@ -260,7 +273,7 @@ def train_command(args: argparse.Namespace) -> int:
         given.update({k: v for k, v in overrides.items() if v is not None})
         result = fit(TrainConfig(quiet=bool(args.quiet)), resume=args.resume, changes=given)
     else:
-        cfg = resolve_config(args.config, args.preset, overrides)
+        cfg = config_from_args(args)
         if args.dry_run:
             return _dry_run(cfg)
         result = fit(cfg)
