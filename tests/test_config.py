@@ -156,3 +156,14 @@ def test_command_line_shows_paths_portably(tmp_path, monkeypatch):
     assert "--root data/pets" in command_line(cfg.to_dict()) and str(tmp_path) not in command_line(
         cfg.to_dict()
     )
+
+
+def test_dry_run_describes_the_default_schedule(capsys):
+    flags = ["train", "--model", "vgg", "--width", "0.125", "--data-option", "num_train=64", "--dry-run"]
+    assert ltpa.cli.main(flags) == 0
+    out = capsys.readouterr().out
+    assert "optimiser: AdamW" in out and "'lr': 0.003" in out
+    assert (
+        "learning rate: linear warm-up from 0.00012 to 0.003 over the first 10% of the steps, then a cosine"
+        in out
+    )

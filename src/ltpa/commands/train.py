@@ -310,12 +310,23 @@ def _dry_run(cfg: Any) -> int:
         model = build_model(cfg, num_classes, img_size)
     optimizer = make_optimizer(cfg, model)
     params = sum(p.numel() for p in model.parameters())
-    lrs = sorted({round(lr_at(cfg, e, 0, cfg.epochs), 10) for e in range(1, cfg.epochs + 1)}, reverse=True)
+    if cfg.lr_schedule == "cosine":
+        from ltpa.train import WARMUP_START
+
+        schedule = (
+            f"linear warm-up from {cfg.peak_lr * WARMUP_START:g} to {cfg.peak_lr:g} over the first "
+            f"{cfg.warmup:.0%} of the steps, then a cosine to 0 at the last step of epoch {cfg.epochs}"
+            if cfg.warmup
+            else f"a cosine from {cfg.peak_lr:g} to 0 at the last step of epoch {cfg.epochs}"
+        )
+    else:
+        lrs = sorted({round(lr_at(cfg, e, 0), 10) for e in range(1, cfg.epochs + 1)}, reverse=True)
+        schedule = ", ".join(f"{v:g}" for v in lrs) + " (at epoch starts)"
     print("# ---")
     print(f"# model: {cfg.model}, {params:,} parameters, {img_size}x{img_size}, K={num_classes}")
     print(f"# preprocess: {cfg.preprocess or info.preprocess}; data {cfg.data}: {data_line}")
     print(f"# optimiser: {type(optimizer).__name__} {optimizer.defaults}")
-    print(f"# learning rates over the run: {', '.join(f'{v:g}' for v in lrs)}")
+    print(f"# learning rate: {schedule}")
     if cfg.init_from is None and cfg.data == "cub200" and cfg.preset:
         print(
             "# note: the paper initialises CUB models from the CIFAR-100 model: add --init-from RUN_DIR",
