@@ -144,3 +144,27 @@ def test_folder_masks_mirror_the_image_tree(tmp_path: Path) -> None:
     (tmp_path / "masks" / "dog" / "dog_1.png").unlink()
     with pytest.raises(LTPAError, match="1 of 4 images have no mask under"):
         build_dataset("image-folder", root=tmp_path / "images", split="all", masks=str(tmp_path / "masks"))
+
+
+def test_split_file_gives_the_users_own_split(tmp_path: Path) -> None:
+    make_folder(tmp_path / "pics", {"cat": 3, "dog": 3})
+    split = tmp_path / "split.txt"
+    split.write_text(
+        "# my split\ncat/cat_0.jpg train\ncat/cat_1.png val\ndog/dog_0.jpg train\ndog/dog_1.png,test\n"
+        "dog/dog_2.jpg train  # the last one\n"
+    )
+    opts = {"split_file": str(split)}
+    train = build_dataset("image-folder", root=tmp_path / "pics", split="train", **opts)
+    assert sorted(p.name for p in train.paths) == ["cat_0.jpg", "dog_0.jpg", "dog_2.jpg"]
+    assert train.labels.tolist() == [0, 1, 1] and train.classes == ["cat", "dog"]
+    val = build_dataset("image-folder", root=tmp_path / "pics", split="val", **opts)
+    assert [p.name for p in val.paths] == ["cat_1.png"]
+    assert (
+        len(build_dataset("image-folder", root=tmp_path / "pics", split="all", **opts)) == 5
+    )  # cat_2 unlisted
+    split.write_text("cat/cat_9.jpg train\n")
+    with pytest.raises(LTPAError, match=r"lists 1 images that are not in .* \(first: cat/cat_9.jpg\)"):
+        build_dataset("image-folder", root=tmp_path / "pics", split="train", **opts)
+    split.write_text("cat/cat_0.jpg training\n")
+    with pytest.raises(LTPAError, match=r"line 1 .* is not '<path> <train\|val\|test>'"):
+        build_dataset("image-folder", root=tmp_path / "pics", split="train", **opts)

@@ -32,7 +32,7 @@ from ltpa.data._decode import IMAGE_EXTENSIONS, read_image, read_mask
 from ltpa.data.augment import resize
 from ltpa.errors import LTPAError
 
-__all__ = ["ImageFolderDataset", "build_image_folder", "split_files"]
+__all__ = ["ImageFolderDataset", "build_image_folder", "read_split_file", "split_files"]
 
 FOLDER_SOURCE = (
     "the dataset's publisher (Caltech-101/256, UIUC Event-8, Stanford 40 Actions, MIT Indoor 67), unpacked "
@@ -202,6 +202,7 @@ def build_image_folder(
     exclude: Sequence[str] = (),
     label_from: Literal["folder", "filename"] = "folder",
     masks: str | None = None,
+    split_file: str | None = None,
 ) -> ImageFolderDataset:
     """A class-per-folder image tree with a seeded, per-class train/test split.
 
@@ -216,6 +217,9 @@ def build_image_folder(
         exclude: class names to leave out (e.g. ``BACKGROUND_Google``, ``257.clutter``).
         label_from: ``"folder"`` (class = folder name) or ``"filename"`` (``<class>_<n>.jpg`` in one folder).
         masks: folder of ground-truth masks mirroring the image tree (``<masks>/<class>/<stem>.png``).
+        split_file: the user's own split instead of the seeded rule: a text file of lines ``<path> <split>``
+            (path relative to the root, split ``train``, ``val`` or ``test``; ``#`` starts a comment); images
+            it does not list are left out.
 
     A root laid out by split (``train/``, ``val/``, ``test/`` folders of class folders) keeps that split; the
     options of the seeded rule (``train_fraction``, ``train_per_class``, ``test_per_class``, ``seed``) do not
@@ -232,7 +236,7 @@ def build_image_folder(
         layout = _split_layout(root)
     if layout is not None:
         return _build_split_folders(root, layout, split, img_size, exclude, masks)
-    if split == "val":
+    if split == "val" and split_file is None:
         raise LTPAError(
             f"image-folder: {root} has no val/ folder (the seeded split has train and test only); lay it out as "
             "<root>/train/<class>/ and <root>/val/<class>/ or evaluate on test"
@@ -249,6 +253,10 @@ def build_image_folder(
     if not files:
         raise data_error("image-folder", "no class folders with images", root, FOLDER_LAYOUT, FOLDER_SOURCE)
     classes = sorted(files)
+    if split_file is not None:
+        return _build_from_split_file(
+            root, files, classes, Path(split_file).expanduser(), split, img_size, masks
+        )
     paths: list[Path] = []
     labels: list[int] = []
     for index, name in enumerate(classes):
@@ -300,6 +308,66 @@ def _build_split_folders(
             files = tree.get(name, [])
             paths.extend(files)
             labels.extend([index] * len(files))
+    mask_paths = _mask_paths(paths, root, Path(masks).expanduser()) if masks is not None else None
+    return ImageFolderDataset(
+        paths, labels, classes, root=root, split=split, img_size=img_size, masks=mask_paths
+    )
+
+
+def read_split_file(path: Path) -> dict[str, str]:
+    """``{relative path: split}`` from a split file (lines ``<path> <split>``; ``#`` comments).
+
+    Raises:
+        LTPAError: a missing file, a line without two fields, or an unknown split, naming the line.
+    """
+    try:
+        lines = path.read_text().splitlines()
+    except OSError as err:
+        raise LTPAError(f"image-folder: cannot read split_file {path}: {err.strerror}") from err
+    chosen: dict[str, str] = {}
+    for number, line in enumerate(lines, 1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        parts = text.replace(",", " ").rsplit(maxsplit=1)
+        if len(parts) != 2 or parts[1] not in ("train", "val", "test"):
+            raise LTPAError(
+                f"image-folder: {path} line {number} ({line.strip()!r}) is not '<path> <train|val|test>'"
+            )
+        chosen[Path(parts[0].strip()).as_posix()] = parts[1]
+    if not chosen:
+        raise LTPAError(f"image-folder: split_file {path} lists no images")
+    return chosen
+
+
+def _build_from_split_file(
+    root: Path,
+    files: dict[str, list[Path]],
+    classes: list[str],
+    split_file: Path,
+    split: str,
+    img_size: int | None,
+    masks: str | None,
+) -> ImageFolderDataset:
+    chosen = read_split_file(split_file)
+    known = {p.relative_to(root).as_posix() for name in classes for p in files[name]}
+    unknown = sorted(set(chosen) - known)
+    if unknown:
+        raise LTPAError(
+            f"image-folder: {split_file} lists {len(unknown)} images that are not in {root}'s class folders "
+            f"(first: {unknown[0]}); paths are relative to the root, e.g. <class>/<file>"
+        )
+    paths: list[Path] = []
+    labels: list[int] = []
+    for index, name in enumerate(classes):
+        for path in files[name]:
+            if chosen.get(path.relative_to(root).as_posix()) in (
+                (split,) if split != "all" else ("train", "val", "test")
+            ):
+                paths.append(path)
+                labels.append(index)
+    if not paths:
+        raise LTPAError(f"image-folder: {split_file} puts no image in the {split} split")
     mask_paths = _mask_paths(paths, root, Path(masks).expanduser()) if masks is not None else None
     return ImageFolderDataset(
         paths, labels, classes, root=root, split=split, img_size=img_size, masks=mask_paths
