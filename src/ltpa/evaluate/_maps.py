@@ -167,6 +167,16 @@ def _module_name(model: nn.Module, layer: nn.Module) -> str:
     return next((name for name, m in model.named_modules() if m is layer), type(layer).__name__)
 
 
+def gradcam_level_name(model: nn.Module, layer: nn.Module | None = None) -> str:
+    """The name Grad-CAM maps of ``model`` are reported under: the paper's name of the layer it explains
+    (``conv13``, ``stage3``, as the attention maps of that layer are named) where the model declares it
+    (``LTPAModel.gradcam_level``), else the layer's module name."""
+    declared = getattr(model, "gradcam_level", "")
+    if declared:
+        return str(declared)
+    return _module_name(model, layer if layer is not None else gradcam_target_layer(model))
+
+
 def gradcam_backend(backend: str = "auto") -> str:
     """The Grad-CAM implementation ``backend`` resolves to: ``"package"`` (``grad-cam``) or ``"own"``.
 
@@ -292,7 +302,7 @@ def compute_maps(
     """Every map of ``model`` on ``images``, upsampled to ``size`` (default: the images' side), on the CPU.
 
     Keys are ``(kind, level)``: ``("attention", "conv10")``, ``("cam", "conv13")`` for VGG-GAP, and with
-    ``gradcam`` also ``("gradcam", <target module name>)``. Attention maps keep their values (a softmax map
+    ``gradcam`` also ``("gradcam", <its layer's name>)`` (:func:`gradcam_level_name`: ``conv13`` for the VGGs). Attention maps keep their values (a softmax map
     still sums to about 1 after upsampling); Grad-CAM maps are in [0, 1].
 
     Shape:
@@ -303,7 +313,7 @@ def compute_maps(
     device = model_device(model)
     kind = map_kind(model)
     layer = gradcam_target_layer(model) if gradcam else None
-    gradcam_level = _module_name(model, layer) if layer is not None else ""
+    gradcam_level = gradcam_level_name(model, layer) if layer is not None else ""
     parts: dict[tuple[str, str], list[torch.Tensor]] = {}
     for sl in progress_bar(batch_slices(len(images), batch_size), desc="maps", progress=progress):
         x = to_model_input(images[sl], model.img_size, device)

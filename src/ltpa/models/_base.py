@@ -213,6 +213,9 @@ class LTPAModel(nn.Module):
     map_kind: ClassVar[str] = "attention"
     """What ``forward_attention(x).maps`` hold: ``"attention"`` (attention maps; also the models without any
     maps) or ``"cam"`` (class activation maps, VGG-GAP)."""
+    gradcam_level: ClassVar[str] = ""
+    """The paper's name of the layer ``gradcam_layer()`` returns (``conv13``, ``stage3``), under which Grad-CAM
+    maps are reported beside the attention maps of the same layer; empty: its module name."""
 
     num_classes: int
     img_size: int

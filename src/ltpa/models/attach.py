@@ -204,6 +204,11 @@ class AttnBackbone(AttentionModel):
     def model_kwargs(self, kwargs: dict[str, Any]) -> None:
         self.__dict__["_model_kwargs"] = {k: v for k, v in kwargs.items() if k != "pretrained"}
 
+    @property  # type: ignore[misc]
+    def gradcam_level(self) -> str:  # type: ignore[override]
+        """The global level's layer name (``layer4``), as the attended levels are named."""
+        return str(self.global_info["name"])
+
     def gradcam_layer(self) -> nn.Module:
         """The module whose output is the global level's map (the backbone's final attended stage), found
         under the taps by its name; ``global_map``, the identity that map passes through, where the taps

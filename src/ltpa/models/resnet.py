@@ -77,6 +77,8 @@ class PreActResNet(AttentionModel):
         - input: (B, 3, img_size, img_size) in [0, 1]; output: (B, num_classes).
     """
 
+    gradcam_level = "stage3"
+
     def __init__(
         self,
         *,

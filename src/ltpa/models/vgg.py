@@ -98,6 +98,8 @@ class AttnVGG(AttentionModel):
         - input: (B, 3, img_size, img_size) in [0, 1]; output: (B, num_classes).
     """
 
+    gradcam_level = "conv13"
+
     def __init__(
         self,
         *,
@@ -201,6 +203,8 @@ class VGG(LTPAModel):
     No attention: ``forward_attention`` returns empty ``maps`` and ``descriptors``.
     """
 
+    gradcam_level = "conv13"
+
     def __init__(
         self,
         *,
@@ -282,6 +286,8 @@ class VGGGAP(LTPAModel):
     :meth:`cam` gives the CAM of any class.
     """
 
+    gradcam_level = "conv13"
+
     map_kind = "cam"
 
     def __init__(
@@ -351,6 +357,8 @@ class VGGPAN(LTPAModel):
     and only its descriptor feeds the classifier. ``maps`` are the level-1 gate and the level-2 softmax;
     ``descriptors`` the spatial mean of the gated conv10 map and the level-2 pooled vector.
     """
+
+    gradcam_level = "conv13"
 
     def __init__(
         self,
