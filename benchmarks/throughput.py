@@ -501,7 +501,9 @@ def _parse_row(text: str) -> tuple[str, float, int]:
         raise argparse.ArgumentTypeError(f"expected MODEL:WIDTH:BATCH with numbers, got {text!r}") from None
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (``argv``, default ``sys.argv[1:]``), checked; ``--widths`` keeps the rows of those
+    widths."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument(
         "--rows",
@@ -510,6 +512,14 @@ def main() -> None:
         default=DEFAULT_ROWS,
         metavar="MODEL:WIDTH:BATCH",
         help="what to measure (default: the paper's VGGs at width 1/8 and 1, and the ResNet-164s)",
+    )
+    parser.add_argument(
+        "--widths",
+        nargs="+",
+        type=float,
+        metavar="W",
+        help="only the rows of these widths, e.g. --widths 1 for the paper's models at full width (the "
+        "recipe-time estimates of recipes/README.md)",
     )
     parser.add_argument("--reps", type=int, default=3, help="timed steps per measurement (best is kept)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -525,12 +535,21 @@ def main() -> None:
         help="also run `ltpa demo` in fp32 and with --amp auto (~5 min on a CPU)",
     )
     parser.add_argument("--out", type=Path, help="write the Markdown page here (e.g. docs/benchmarks.md)")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if args.widths:
+        args.rows = [row for row in args.rows if row[1] in args.widths]
+        if not args.rows:
+            parser.error(f"no row of width {', '.join(map(str, args.widths))}; pass --rows MODEL:WIDTH:BATCH")
     unknown = [m for m, _, _ in args.rows if m not in ltpa.list_models()]
     if unknown:
         parser.error(f"unknown model(s) {', '.join(unknown)}; `ltpa models` lists them")
     if any(b < 2 for _, _, b in args.rows) or args.reps < 1:
         parser.error("batches must be >= 2 (batch norm) and --reps >= 1")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     device = torch.device(args.device)
     default_threads = torch.get_num_threads()
     peaks = {"fp32": matmul_peak(device), "bf16": matmul_peak(device, torch.bfloat16)}

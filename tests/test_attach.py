@@ -10,6 +10,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 import ltpa
+import ltpa.cli
 from ltpa.checkpoint import load_model, save_checkpoint
 from ltpa.errors import LTPAError
 from ltpa.models.attach import AttnBackbone, capture_outputs, find_stages
@@ -125,6 +126,29 @@ def test_contract(case):
         assert torch.allclose(model(x), model.forward_attention(x).logits)
 
 
+@pytest.mark.parametrize("backend", ["own", "package"])
+@pytest.mark.parametrize("case", list(CASES))
+def test_grad_cam_explains_the_global_level_of_every_backbone(case, backend):
+    # torchvision backbones run as one traced graph whose stage modules never run themselves: Grad-CAM used
+    # to hook such a module and fail ("'NoneType' object has no attribute 'shape'")
+    from ltpa.evaluate import compute_maps
+    from ltpa.evaluate._maps import grad_cam, gradcam_target_layer
+
+    torch.manual_seed(0)
+    model = CASES[case][0]().eval()
+    x = torch.rand(2, 3, IMG, IMG)
+    cams = [grad_cam(model, x, torch.full((2,), k), backend=backend) for k in range(5)]
+    assert all(cam.shape == (2, IMG, IMG) and torch.isfinite(cam).all() for cam in cams)
+    assert max(float(cam.amax()) for cam in cams) > 0.5  # scaled to [0, 1]; a class may explain nothing
+    layer = gradcam_target_layer(model)
+    name = next(n for n, m in model.named_modules() if m is layer)
+    with capture_outputs(model, [name]) as outputs:
+        final = model.forward_features(x)
+    torch.testing.assert_close(outputs[name], final)  # the layer's output is the global level's map
+    maps = compute_maps(model, (x * 255).to(torch.uint8), gradcam=True, gradcam_backend=backend)
+    assert any(kind == "gradcam" for kind, _ in maps)
+
+
 @pytest.mark.parametrize("compat", ["pc", "dp"])
 def test_global_feature_only_matters_for_dp(compat):
     torch.manual_seed(0)
@@ -192,6 +216,16 @@ def test_bad_levels_and_names_raise_ltpa_errors():
         ltpa.create_model("timm/test_resnet_att2_pc", levels=(1,))
     with pytest.raises(LTPAError, match="out of range"):
         ltpa.create_model("timm/test_convnext_att5_pc", img_size=IMG)
+    for name in ("tv/resnet18_att2_pc", "timm/test_resnet_att2_pc"):
+        with pytest.raises(LTPAError, match="width does not apply"):
+            ltpa.create_model(name, width=0.5)
+
+
+def test_width_on_a_backbone_model_is_a_one_line_cli_error(tmp_path, capsys):
+    args = ["train", "--model", "tv/resnet18_att2_pc", "--width", "0.5", "--dry-run"]
+    assert ltpa.cli.main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "drop --width" in err
 
 
 def test_pretrained_weights_are_only_read_from_local_files(tmp_path, monkeypatch):
@@ -259,3 +293,55 @@ def test_trains_on_cluttered_digits():
         losses.append(loss.item())
     assert all(np.isfinite(losses))
     assert np.mean(losses[-3:]) < 0.5 * losses[0]
+
+
+@pytest.mark.slow
+def test_readme_attach_snippet_runs_offline():
+    # its pretrained=True ended offline in a long huggingface_hub traceback
+    import os
+    import re
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    section = readme.split("## Attention on any CNN", 1)[1]
+    code = re.search(r"```python\n(.*?)```", section, re.S)
+    assert code is not None
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", code[1]], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (
+        "torch.Size([2, 200])" in proc.stdout
+        and "[torch.Size([2, 14, 14]), torch.Size([2, 7, 7])]" in proc.stdout
+    )
+
+
+def test_train_pretrained_starts_a_backbone_from_its_cached_imagenet_weights(tmp_path, monkeypatch, capsys):
+    from ltpa.config import resolve_config
+    from ltpa.train import build_model
+
+    hub = tmp_path / "hub"
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(hub))
+    flags = ["train", "--model", "tv/resnet18_att2_pc", "--pretrained", "--dry-run"]
+    assert ltpa.cli.main(flags) == 2  # nothing cached: one line on how to fetch the weights once
+    err = capsys.readouterr().err.strip()
+    assert (
+        len(err.splitlines()) == 1 and "no local pretrained weights for torchvision model 'resnet18'" in err
+    )
+    # the weights torchvision would have downloaded, in its cache
+    url = torchvision.models.get_model_weights("resnet18").DEFAULT.url
+    imagenet = torchvision.models.resnet18().state_dict()
+    (hub / "checkpoints").mkdir(parents=True)
+    torch.save(imagenet, hub / "checkpoints" / url.rsplit("/", 1)[1])
+    assert ltpa.cli.main(flags) == 0
+    assert "pretrained: true" in capsys.readouterr().out
+    cfg = resolve_config(overrides={"model": "tv/resnet18_att2_pc", "model_kwargs": {"pretrained": True}})
+    model = build_model(cfg, num_classes=10, img_size=32)
+    conv1 = next(v for k, v in model.state_dict().items() if k.endswith("conv1.weight"))
+    torch.testing.assert_close(conv1, imagenet["conv1.weight"])
+    assert "pretrained" not in model.model_kwargs  # a checkpoint of it loads without the ImageNet weights
+    assert ltpa.cli.main(["train", "--model", "vgg", "--pretrained", "--dry-run"]) == 2
+    assert "--pretrained loads the ImageNet weights of timm/ and tv/" in capsys.readouterr().err

@@ -276,6 +276,25 @@ def test_transfer_on_fake_image_folder_uses_the_cache(
     assert read_csv(tmp_path / "transfer.csv") == rows
 
 
+def test_transfer_tells_two_image_folders_apart(
+    trained_runs: dict[str, Path], fake_image_folder: Path, tmp_path: Path, capsys
+) -> None:
+    import shutil
+
+    shutil.copytree(fake_image_folder, tmp_path / "digits-b")
+    args = ["transfer", str(trained_runs["vgg"]), "--folds", "2", "--data-option", "train_fraction=0.5"]
+    for root in (fake_image_folder, tmp_path / "digits-b"):
+        args += ["--data", "image-folder", "--root", str(root)]
+    assert main([*args, "--out", str(tmp_path / "out")]) == 0
+    rows = read_csv(tmp_path / "out" / "transfer.csv")
+    assert [r["dataset"] for r in rows] == [f"image-folder:{fake_image_folder.name}", "image-folder:digits-b"]
+    details = json.loads((tmp_path / "out" / "transfer.json").read_text())
+    assert [d["root"] for d in details] == [str(fake_image_folder), str(tmp_path / "digits-b")]
+    same = ["transfer", str(trained_runs["vgg"]), "--data", "image-folder", "--data", "image-folder"]
+    assert main([*same, "--out", str(tmp_path / "again")]) == 2
+    assert "given twice with the same folder" in capsys.readouterr().err
+
+
 def test_transfer_rejects_unpaired_roots(trained_runs: dict[str, Path], tmp_path: Path, capsys) -> None:
     args = [
         "transfer",
@@ -364,3 +383,59 @@ def test_every_evaluation_command_runs_with_only_a_run_folder(
     out = tmp_path / command
     assert main([command, str(run), *extra.get(command, []), "--out", str(out)]) == 0
     assert any(out.iterdir())
+
+
+def test_eval_warns_about_other_classes_notes_precision_and_keeps_figures_and_entries_together(
+    trained_runs: dict[str, Path], fake_image_folder: Path, tmp_path: Path, capsys
+) -> None:
+    from ltpa.checkpoint import read_sidecar
+
+    out = tmp_path / "eval"
+    runs = [str(trained_runs[k]) for k in ("att2", "vgg")]
+    assert main(["eval", *runs, "--data", "cluttered-digits", *data_option_flags(), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "labels are compared by index" not in err  # its own classes
+    amp = read_sidecar(trained_runs["att2"])["config"].get("amp")
+    assert ("autocast; ltpa eval computes in fp32" in err) == (amp in ("bf16", "fp16"))
+    assert json.loads((out / "eval.json").read_text())["att2"]["precision"] == "fp32"
+    (out / "confusion_mine.png").write_bytes(b"a user's file")
+    # a 10-class model on a 3-class folder: scored by index, with a warning
+    args = ["eval", runs[1], "--data", "image-folder", "--root", str(fake_image_folder), "--out", str(out)]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "vgg was trained on 10 classes" in err and "but image-folder test has 3 (one, seven, zero)" in err
+    assert "labels are compared by index" in err
+    # the earlier evaluation's run keeps both its entry and its figure: every figure there has its entry
+    assert set(json.loads((out / "eval.json").read_text())) >= {"att2", "vgg"}
+    assert (out / "confusion_att2.png").is_file()
+    assert (out / "confusion_vgg.png").is_file() and (
+        out / "confusion_mine.png"
+    ).read_bytes() == b"a user's file"
+
+
+def test_localize_and_segment_take_a_users_own_masks(trained_runs: dict[str, Path], tmp_path: Path) -> None:
+    from PIL import Image
+
+    # pictures of one's own, laid out by split, with a mask per picture in a tree beside them
+    generator = torch.Generator().manual_seed(0)
+    for split, n in (("train", 2), ("test", 3)):
+        for name in ("a", "b"):
+            for i in range(n):
+                image = torch.randint(0, 60, (20, 24, 3), generator=generator, dtype=torch.uint8)
+                image[5:12, 6:16] = 230
+                mask = torch.zeros(20, 24, dtype=torch.uint8)
+                mask[5:12, 6:16] = 255
+                for folder, array in (("pictures", image), ("masks", mask)):
+                    path = tmp_path / folder / split / name / f"{name}{i}.png"
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    Image.fromarray(array.numpy()).save(path)
+    data = ["--data", "image-folder", "--root", str(tmp_path / "pictures")]
+    data += ["--data-option", f"masks={tmp_path / 'masks'}"]
+    assert main(["localize", str(trained_runs["att2"]), *data, "--out", str(tmp_path / "loc")]) == 0
+    report = json.loads((tmp_path / "loc" / "localize.json").read_text())
+    assert report["mask_area_fraction"] == pytest.approx(
+        70 / 480, abs=0.02
+    )  # the 7x10 box of 20x24, at 16 px
+    rows = read_csv(tmp_path / "loc" / "localize.csv")
+    assert {r["level"] for r in rows} >= {"uniform"}
+    assert main(["segment", str(trained_runs["att2"]), *data, "--out", str(tmp_path / "seg")]) == 0

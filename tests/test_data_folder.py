@@ -93,3 +93,78 @@ def test_folder_errors(tmp_path: Path) -> None:
     dataset = build_dataset("image-folder", root=tmp_path / "bad", split="all")
     with pytest.raises(LTPAError, match=r"cannot decode image file .*broken.jpg"):
         load_tensors(dataset, img_size=8, progress=False)
+
+
+def test_split_folders_keep_the_users_split(tmp_path: Path) -> None:
+    # train/ and val/ folders are splits, not two classes named "train" and "val"
+    make_folder(tmp_path / "train", {"cat": 4, "dog": 3})
+    make_folder(tmp_path / "Val", {"cat": 2, "dog": 1, "eel": 1})  # a class only in val still gets its index
+    train = build_dataset("image-folder", root=tmp_path, split="train")
+    val = build_dataset("image-folder", root=tmp_path, split="val")
+    assert train.classes == val.classes == ["cat", "dog", "eel"]
+    assert sorted(p.parent.parent.name for p in train.paths) == ["train"] * 7
+    assert train.labels.tolist() == [0, 0, 0, 0, 1, 1, 1]
+    assert val.labels.tolist() == [0, 0, 1, 2] and all("Val" in str(p) for p in val.paths)
+    assert len(build_dataset("image-folder", root=tmp_path, split="all")) == 11
+    with pytest.raises(
+        LTPAError, match=r"laid out by split .* no test folder; choose train or val \(ltpa train"
+    ):
+        build_dataset("image-folder", root=tmp_path, split="test")
+    # a seeded-split folder has no val split
+    make_folder(tmp_path / "plain", {"a": 3, "b": 3})
+    with pytest.raises(LTPAError, match="has no val/ folder"):
+        build_dataset("image-folder", root=tmp_path / "plain", split="val")
+
+
+def test_a_class_named_test_beside_other_classes_is_a_class(tmp_path: Path) -> None:
+    make_folder(tmp_path, {"test": 2, "train": 2, "zebra": 2})
+    dataset = build_dataset("image-folder", root=tmp_path, split="all")
+    assert dataset.classes == ["test", "train", "zebra"]
+
+
+def test_folder_masks_mirror_the_image_tree(tmp_path: Path) -> None:
+    from PIL import Image
+
+    make_folder(tmp_path / "images", {"cat": 2, "dog": 2})
+    for image in (tmp_path / "images").rglob("*_*.*"):
+        if image.suffix == ".txt":
+            continue
+        mask = torch.zeros(10 + int(image.stem.rsplit("_", 1)[1]), 12, dtype=torch.uint8)
+        mask[2:5, 3:9] = 255
+        target = tmp_path / "masks" / image.parent.name / f"{image.stem}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(mask.numpy()).save(target)
+    dataset = build_dataset(
+        "image-folder", root=tmp_path / "images", split="all", masks=str(tmp_path / "masks")
+    )
+    assert dataset.has_masks
+    _, _, masks = load_tensors(dataset, img_size=24, progress=False)
+    assert masks is not None and masks.shape == (4, 24, 24) and masks.dtype == torch.bool
+    assert 0 < masks[0].float().mean() < 0.5  # the 3x6 box of 10x12, scaled
+    (tmp_path / "masks" / "dog" / "dog_1.png").unlink()
+    with pytest.raises(LTPAError, match="1 of 4 images have no mask under"):
+        build_dataset("image-folder", root=tmp_path / "images", split="all", masks=str(tmp_path / "masks"))
+
+
+def test_split_file_gives_the_users_own_split(tmp_path: Path) -> None:
+    make_folder(tmp_path / "pics", {"cat": 3, "dog": 3})
+    split = tmp_path / "split.txt"
+    split.write_text(
+        "# my split\ncat/cat_0.jpg train\ncat/cat_1.png val\ndog/dog_0.jpg train\ndog/dog_1.png,test\n"
+        "dog/dog_2.jpg train  # the last one\n"
+    )
+    opts = {"split_file": str(split)}
+    train = build_dataset("image-folder", root=tmp_path / "pics", split="train", **opts)
+    assert sorted(p.name for p in train.paths) == ["cat_0.jpg", "dog_0.jpg", "dog_2.jpg"]
+    assert train.labels.tolist() == [0, 1, 1] and train.classes == ["cat", "dog"]
+    val = build_dataset("image-folder", root=tmp_path / "pics", split="val", **opts)
+    assert [p.name for p in val.paths] == ["cat_1.png"]
+    assert (
+        len(build_dataset("image-folder", root=tmp_path / "pics", split="all", **opts)) == 5
+    )  # cat_2 unlisted
+    split.write_text("cat/cat_9.jpg train\n")
+    with pytest.raises(LTPAError, match=r"lists 1 images that are not in .* \(first: cat/cat_9.jpg\)"):
+        build_dataset("image-folder", root=tmp_path / "pics", split="train", **opts)
+    split.write_text("cat/cat_0.jpg training\n")
+    with pytest.raises(LTPAError, match=r"line 1 .* is not '<path> <train\|val\|test>'"):
+        build_dataset("image-folder", root=tmp_path / "pics", split="train", **opts)

@@ -86,7 +86,8 @@ def test_compute_maps_names_levels_and_upsamples() -> None:
     model = tiny("vgg_att2_concat_pc")
     images = torch.randint(0, 256, (5, 3, 16, 16), dtype=torch.uint8)
     maps = compute_maps(model, images, size=24, batch_size=2, gradcam=True, gradcam_backend="own")
-    assert set(maps) == {("attention", "conv10"), ("attention", "conv13"), ("gradcam", "block13")}
+    # Grad-CAM of conv13 is named as the attention map of conv13 is, not by its module (block13)
+    assert set(maps) == {("attention", "conv10"), ("attention", "conv13"), ("gradcam", "conv13")}
     assert all(m.shape == (5, 24, 24) for m in maps.values())
     raw = model.forward_attention(images.float() / 255).maps
     assert torch.allclose(maps[("attention", "conv13")], upsample(raw[1], 24), atol=1e-6)
@@ -113,3 +114,19 @@ def test_gaussian_prior_peaks_at_the_centre() -> None:
     assert torch.equal(prior[0], prior[0].T) and torch.equal(prior[0], prior[0].flip(0))
     with pytest.raises(LTPAError):
         gaussian_prior(9, sigma=0.0)
+
+
+@pytest.mark.parametrize(
+    ("name", "level"),
+    [("vgg", "conv13"), ("vgg_gap", "conv13"), ("vgg_pan", "conv13"), ("vgg_att3_concat_pc", "conv13"),
+     ("resnet164", "stage3"), ("resnet164_att2_concat_pc", "stage3"), ("tv/resnet18_att2_pc", "layer4")],
+)  # fmt: skip
+def test_gradcam_maps_carry_the_layer_names_of_the_attention_maps(name, level) -> None:
+    import ltpa
+    from ltpa.evaluate._maps import gradcam_level_name
+
+    kwargs = {"num_classes": 3, "img_size": 32} | ({} if "/" in name else {"width": 0.125})
+    model = ltpa.create_model(name, **kwargs)
+    assert gradcam_level_name(model) == level
+    attended = [d["name"] for d in getattr(model, "attn_info", [])]
+    assert not attended or level == attended[-1]  # the deepest attended level, where there is one

@@ -111,3 +111,20 @@ def test_a_shared_data_cache_reads_each_split_once_for_several_models(
             feats.append(transfer.cached_features(model, "image-folder", fake_image_folder, split, **kw)[0])
     assert reads == ["train", "test"]  # the second model reuses both splits
     assert not torch.equal(feats[1], feats[3])  # but extracts its own features
+
+
+def test_dataset_labels_tell_repeated_names_apart_by_folder() -> None:
+    from ltpa.evaluate import transfer
+
+    assert transfer.dataset_labels([("cifar10", None), ("image-folder", "data/caltech101")]) == [
+        "cifar10",
+        "image-folder",
+    ]
+    assert transfer.dataset_labels([("image-folder", "data/a"), ("image-folder", "data/b/")]) == [
+        "image-folder:a",
+        "image-folder:b",
+    ]
+    assert transfer.dataset_labels([("image-folder", "x/a"), ("image-folder", "y/a")]) == [
+        "image-folder:x/a",
+        "image-folder:y/a",
+    ]

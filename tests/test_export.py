@@ -178,3 +178,30 @@ def test_cli_export_hf_folder(tmp_path, capsys, monkeypatch):
     assert (tmp_path / "run" / "last-hf" / "model.safetensors").is_file()
     assert ltpa.cli.main(["export", str(tmp_path / "run"), "--format", "hf", "--with-maps"]) == 2
     assert "--with-maps is for onnx and torchscript" in capsys.readouterr().err
+
+
+def test_hf_export_card_reproduces_the_run_and_holds_no_local_path(tmp_path, monkeypatch):
+    import huggingface_hub.constants
+
+    from ltpa.config import TrainConfig
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.chdir(tmp_path)
+    model = ltpa.create_model("vgg", num_classes=3, width=0.125, img_size=16)
+    cfg = TrainConfig(
+        model="vgg", data="image-folder", root=str(tmp_path / "data" / "pets"), width=0.125, img_size=16,
+        epochs=4, data_options={"train_fraction": 0.5}, out=str(tmp_path / "runs" / "pets"), threads=2,
+    )  # fmt: skip
+    save_checkpoint(tmp_path / "runs" / "pets" / "last", model, epoch=4, config=cfg.to_dict())
+    assert ltpa.cli.main(["export", "runs/pets", "--format", "hf", "--out", "shared"]) == 0
+    text = (tmp_path / "shared" / "config.json").read_text()
+    assert str(tmp_path) not in text  # neither the data folder nor the run folder of this machine
+    meta = json.loads(text)
+    assert meta["training"]["config"]["root"] == "data/pets"
+    command = meta["training"]["command"]
+    assert command == (
+        "ltpa train --model vgg --data image-folder --root data/pets --data-option train_fraction=0.5 "
+        "--width 0.125 --img-size 16 --epochs 4"
+    )
+    assert f"`{command}`" in (tmp_path / "shared" / "README.md").read_text()

@@ -27,7 +27,7 @@ def offline(monkeypatch, tmp_path):
 def _model(name="vgg_att2_concat_pc", **kwargs):
     torch.manual_seed(0)
     kwargs = {"num_classes": 4, "width": 0.125, "img_size": 16, **kwargs}
-    model = ltpa.create_model(name, **kwargs)
+    model = ltpa.create_model(name, **{k: v for k, v in kwargs.items() if v is not None})
     with torch.no_grad():  # state beyond the initialisation, in the normalisation buffers too
         for p in model.parameters():
             p.add_(0.01 * torch.randn_like(p))
@@ -64,6 +64,26 @@ def test_save_and_from_pretrained_round_trip(tmp_path):
     assert loaded.pretrained_cfg["classes"] == list("abcd")
     with pytest.raises(LTPAError, match="not a VGG"):
         VGG.from_pretrained(folder)
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["vgg_att2_concat_pc", "vgg", "vgg_gap", "vgg_pan", "resnet164_att2_concat_pc", "tv/resnet18_att2_pc"],
+)
+def test_a_reset_classifier_is_saved_and_loaded_back(tmp_path, name):
+    from ltpa.checkpoint import load_model, save_checkpoint
+
+    model = _model(name, img_size=32, **({"width": None} if "/" in name else {}))
+    model.reset_classifier(7)
+    with torch.no_grad():
+        for p in model.get_classifier().parameters():
+            p.add_(0.5)  # trained, unlike a fresh head
+    assert model.model_kwargs["num_classes"] == 7
+    loaded = ltpa.LTPAModel.from_pretrained(model.save_pretrained(tmp_path / "w"))
+    assert loaded.num_classes == 7
+    _same(loaded, model, side=32)
+    save_checkpoint(tmp_path / "run" / "last", model, epoch=1)
+    _same(load_model(tmp_path / "run"), model, side=32)
 
 
 def test_create_model_pretrained_folder(tmp_path):

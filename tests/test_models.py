@@ -336,5 +336,9 @@ def test_create_model_checkpoint_path_loads_an_ltpa_checkpoint(tmp_path):
     assert model.pretrained_cfg["classes"] == ["a", "b", "c"]
     with pytest.raises(LTPAError, match="holds vgg_gap, not vgg"):
         ltpa.create_model("vgg", checkpoint_path=tmp_path / "run")
+    # the checkpoint's own arguments are the defaults: the name and the run folder are enough (README)
+    again = ltpa.create_model("vgg_gap", checkpoint_path=tmp_path / "run")
+    assert again.model_kwargs == source.model_kwargs
+    torch.testing.assert_close(again.eval()(x), source(x))
     with pytest.raises(LTPAError, match="does not fit vgg_gap"):
-        ltpa.create_model("vgg_gap", checkpoint_path=tmp_path / "run", num_classes=3, img_size=16)
+        ltpa.create_model("vgg_gap", checkpoint_path=tmp_path / "run", num_classes=5)

@@ -141,3 +141,19 @@ def test_every_cited_section_exists() -> None:
                             f"{file.relative_to(ROOT)}:{number}: \u00a7{cited} in {line.strip()!r}"
                         )
     assert not missing, "sections cited but not found among the headings:\n" + "\n".join(missing)
+
+
+def test_contributing_describes_files_and_names_that_exist():
+    text = CONTRIBUTING.read_text()
+    layout = text.split("## 1 Layout", 1)[1].split("```", 2)[1]
+    paths = [line.split()[0] for line in layout.splitlines() if line.strip() and not line.startswith(" ")]
+    assert len(paths) > 15
+    missing = [p for p in paths if "<" not in p and not (ROOT / p.rstrip("/")).exists()]
+    assert not missing, missing
+    # private helpers and flag builders it names (`_fixed`, `add_map_args`) are defined in the package
+    source = "\n".join(p.read_text() for p in (ROOT / "src").rglob("*.py"))
+    named = set(re.findall(r"`((?:_[a-z]\w*|add_\w+))`", text)) - {"add_argument_group"}
+    undefined = sorted(
+        n for n in named if not re.search(rf"(?m)^\s*(?:def|class) {n}\b|^\s*{n}\s*[:=]", source)
+    )
+    assert not undefined, undefined

@@ -302,3 +302,24 @@ def test_dropout_module_edge_cases():
         dropout(x, 1.5)
     strided = torch.ones(8, 8)[:, ::2]  # not dense: drawn per element
     assert dropout(strided, 0.5).shape == strided.shape
+
+
+def test_the_recipe_cost_command_of_recipes_readme_is_valid():
+    import importlib.util
+    import shlex
+
+    root = Path(__file__).resolve().parents[1]
+    spec = importlib.util.spec_from_file_location("throughput", root / "benchmarks" / "throughput.py")
+    assert spec is not None and spec.loader is not None
+    throughput = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(throughput)
+    text = (root / "recipes" / "README.md").read_text()
+    lines = [
+        line for line in text.splitlines() if line.startswith(".venv/bin/python benchmarks/throughput.py")
+    ]
+    assert lines
+    for line in lines:
+        argv = shlex.split(line.split("throughput.py", 1)[1])
+        args = throughput.parse_args(argv)
+        if "--widths" in argv:
+            assert args.rows and all(width == 1.0 for _, width, _ in args.rows)

@@ -282,6 +282,47 @@ def test_ddp_two_processes_gloo(tmp_path):
     load_model(out)
 
 
+def _memory_format_worker(rank, port, results):
+    import torch.distributed as dist
+
+    import ltpa.train as train
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        # a busy CPU: the two processes' timings disagree
+        train.choose_channels_last = lambda *a, **k: (rank == 1, f"timed by {rank}")
+        cfg = tiny_train_config(Path("."), channels_last="auto")
+        data = train._Tensors(
+            torch.zeros(4, 3, 8, 8, dtype=torch.uint8),
+            torch.zeros(4).long(),
+            torch.zeros(1, 3, 8, 8),
+            torch.zeros(1).long(),
+            10,
+            [],
+        )
+        model = ltpa.create_model("vgg", width=0.125, num_classes=10, img_size=8)
+        dist_info = train._Dist(rank=rank, world=2)
+        chosen, _ = train._place_model(cfg, model, data, torch.device("cpu"), None, 8, dist_info)
+        results[rank] = (chosen, cfg.channels_last)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.slow
+def test_ddp_processes_share_one_memory_format(tmp_path):
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    results = mp.Manager().dict()
+    mp.spawn(_memory_format_worker, args=(port, results), nprocs=2, join=True)
+    assert results[0] == results[1] == (False, "off")  # process 0's choice, on both
+
+
 @pytest.mark.slow
 def test_demo_writes_summary_report_and_figures(tmp_path):
     out = tmp_path / "demo"
@@ -340,3 +381,39 @@ def test_cub_models_start_from_cifar100_weights(tmp_path, name):
     assert loaded == len([k for k in same if not k.startswith("preprocess.")]) > 0
     for key in same:
         torch.testing.assert_close(own[key], cifar.state_dict()[key], msg=key)
+
+
+class _Digits(torch.utils.data.Dataset):
+    """scikit-learn's handwritten digits as a user's own Dataset: float (1, 8, 8) images in [0, 1]."""
+
+    def __init__(self, part: slice) -> None:
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()
+        self.images = torch.tensor(digits.images[part] / 16.0, dtype=torch.float32)[:, None]
+        self.labels = torch.tensor(digits.target[part])
+        self.classes = [f"digit {k}" for k in range(10)]
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, index):
+        return self.images[index], self.labels[index]
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("single_thread")
+def test_fit_trains_on_a_users_own_dataset(tmp_path):
+    cfg = TrainConfig(
+        model="vgg_gap", width=0.125, img_size=16, epochs=3, out=str(tmp_path / "run"), quiet=True
+    )
+    result = fit(cfg, train_data=_Digits(slice(0, 1400)), eval_data=_Digits(slice(1400, None)))
+    assert result.final["test_accuracy"] > 0.5, result.history  # real digits, chance 0.1
+    saved = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert saved["data"] == "custom" and saved["img_size"] == 16 and saved["preprocess"] == "meanstd"
+    model = load_model(tmp_path / "run")
+    assert model.checkpoint["classes"][3] == "digit 3" and model.img_size == 16
+    with pytest.raises(LTPAError, match="pass them again"):
+        fit(TrainConfig(quiet=True), resume=tmp_path / "run", changes={"epochs": 4})
+    with pytest.raises(LTPAError, match="needs both train_data and eval_data"):
+        fit(cfg, train_data=_Digits(slice(0, 10)))

@@ -360,3 +360,45 @@ def test_train_without_what_to_train_is_refused(capsys):
     assert ltpa.cli.main(["train"]) == 2
     err = capsys.readouterr().err
     assert "--model" in err and "--preset" in err and "--resume" in err
+
+
+def _without(flags, flag):
+    return [f for f in flags if f != flag]
+
+
+def test_console_names_the_split_overwrite_and_resumed_thread_count(tmp_path, capsys):
+    # --eval-split val: the epoch line and the summary name the split evaluated, not "test"
+    val_flags = _without(
+        small_flags(tmp_path / "val", "--eval-split", "val", "--data-option", "holdout=64"), "--quiet"
+    )
+    assert ltpa.cli.main(val_flags) == 0
+    captured = capsys.readouterr()
+    assert "val acc" in captured.err and "test acc" not in captured.err
+    # the input size is said: images are resized to the dataset's size unless told
+    assert "images at 32x32 (the dataset's size; --img-size changes it)" in captured.err
+    assert "val accuracy" in captured.out
+    # --overwrite on a finished run says it replaces that run, not that it "never finished an epoch"
+    flags = _without(small_flags(tmp_path / "run"), "--quiet")
+    assert ltpa.cli.main(flags) == 0
+    capsys.readouterr()
+    assert ltpa.cli.main([*flags, "--overwrite"]) == 0
+    err = capsys.readouterr().err
+    assert "--overwrite: replacing the earlier run there (last saved epoch 1)" in err
+    assert "never finished" not in err
+    # --resume reuses the run's thread count without claiming --threads was given
+    assert ltpa.cli.main(["train", "--resume", str(tmp_path / "run"), "--epochs", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "the count the run started with" in err and "(--threads)" not in err
+
+
+def test_a_run_that_fails_before_training_leaves_no_empty_folder(tmp_path):
+    out = tmp_path / "runs" / "nodata"
+    cfg = small(tmp_path, data="cifar10", root=str(tmp_path / "missing"), out=str(out))
+    with pytest.raises(LTPAError, match="cifar"):
+        fit(cfg)
+    assert not (tmp_path / "runs").exists()  # neither the run folder nor the parent it made
+    mine = tmp_path / "mine"
+    mine.mkdir()  # a folder the user made stays, as empty as it was
+    with pytest.raises(LTPAError, match="cifar"):
+        fit(small(tmp_path, data="cifar10", root=str(tmp_path / "missing"), out=str(mine)))
+    assert mine.is_dir() and [p.name for p in mine.iterdir() if p.name != ".ltpa.lock"] == []

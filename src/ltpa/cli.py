@@ -43,16 +43,39 @@ def build_parser() -> argparse.ArgumentParser:
         description="Learn To Pay Attention (Jetley et al., ICLR 2018): models, training and experiments.",
     )
     parser.add_argument("--version", action="version", version=f"ltpa {__version__}")
-    parser.add_argument(
-        "-v", "--verbose", action="store_true", help="also show debug messages (before the command name)"
-    )
+    _add_verbosity(parser, quiet_dest="quiet_before")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in _COMMANDS:
         module = importlib.import_module(f"ltpa.commands.{name}")
         getattr(module, f"add_{name}_parser")(subparsers)
     for sub in subparsers.choices.values():
         sub.allow_abbrev = False  # `--epoch` must not stand for `--epochs`: a typo is an error, never a guess
+        _add_verbosity(sub)
     return parser
+
+
+def _add_verbosity(parser: argparse.ArgumentParser, quiet_dest: str = "quiet") -> None:
+    """``-v`` and ``--quiet``, accepted before the command name and after it (``ltpa -v train``, ``ltpa train
+    -v``). Defaults are suppressed, and the main parser's ``--quiet`` has a name of its own, so that a
+    subcommand's parser (whose own ``--quiet`` has a default) never resets what the main one read."""
+    options = {opt for action in parser._actions for opt in action.option_strings}
+    group = parser.add_argument_group("output")
+    group.add_argument(
+        "-v", "--verbose", action="store_true", default=argparse.SUPPRESS, help="also show debug messages"
+    )
+    if "--quiet" not in options:
+        group.add_argument(
+            "-q",
+            "--quiet",
+            dest=quiet_dest,
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="warnings and errors only",
+        )
+    elif "-q" not in options:
+        group.add_argument(
+            "-q", dest="quiet", action="store_true", default=argparse.SUPPRESS, help="as --quiet"
+        )
 
 
 # What to do about an operating-system error on a path the user gave, by errno.
@@ -85,7 +108,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         command = args.command
         from ltpa.utils import configure_logging
 
-        configure_logging(1 if args.verbose else -1 if getattr(args, "quiet", False) else 0)
+        if getattr(args, "quiet_before", False):
+            args.quiet = True  # `ltpa --quiet CMD`: as `ltpa CMD --quiet`
+        if getattr(args, "verbose", False) and getattr(args, "quiet", False):
+            raise LTPAError("-v and --quiet contradict each other; give one of them")
+        configure_logging(
+            1 if getattr(args, "verbose", False) else -1 if getattr(args, "quiet", False) else 0
+        )
         status = args.func(args)
     except (LTPAError, ValueError) as err:
         if os.environ.get("LTPA_DEBUG"):

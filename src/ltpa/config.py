@@ -1,7 +1,14 @@
 """Training configuration: one dataclass, filled from YAML, a named preset and overrides, in that order.
 
 Presets reproduce the recipes of "Learn To Pay Attention" (https://arxiv.org/abs/1804.02391; method §3.1-3.4),
-one per row of the paper's tables: ``<model>-<dataset>``, e.g. ``vgg_att3_concat_pc-cifar100``.
+one per row of the paper's tables: ``<model>-<dataset>``, e.g. ``vgg_att3_concat_pc-cifar100``. Each paper preset
+sets every optimisation field, so it stays exact whatever the defaults below are. The ``demo`` preset is the
+short CPU recipe of ``ltpa demo``.
+
+Without a preset a run gets a recipe that trains at any length: AdamW with a linear warm-up over the first
+tenth of the steps, then a cosine to 0 at the run's last step, for 10 epochs (``DEFAULT_LR`` per optimiser). The
+paper's recipe (SGD at lr 1 with Torch's dampening, halved every 25 of 300 epochs) stays at chance in a run of a
+few epochs (docs/training.md).
 
 The VGG recipes keep the official Torch optimiser exactly: ``optim.sgd`` with learning rate 1, momentum 0.9
 and (Torch's default) dampening 0.9, i.e. ``SGD(lr=1, momentum=0.9, dampening=0.9)`` here, which is the
@@ -23,15 +30,30 @@ import yaml
 
 from ltpa.errors import LTPAError
 
-__all__ = ["PRESETS", "TrainConfig", "list_presets", "preset_overrides", "resolve_config"]
+__all__ = [
+    "DEFAULT_LR",
+    "PRESETS",
+    "TrainConfig",
+    "command_line",
+    "list_presets",
+    "portable_path",
+    "preset_overrides",
+    "resolve_config",
+]
+
+# The learning rate of a run that gives none, per optimiser: AdamW's is the demo's; SGD's is the usual rate of
+# (undampened) momentum SGD on CIFAR-sized images.
+DEFAULT_LR: dict[str, float] = {"adamw": 3e-3, "sgd": 0.1}
 
 
 @dataclass
 class TrainConfig:
     """Everything a training run depends on; the resolved config is saved in the run folder.
 
-    Learning rate at optimiser step ``t`` of epoch ``e`` (1-based):
-    ``lr * prod(factors of milestones <= e) / (1 + lr_decay * t)``.
+    Learning rate at optimiser step ``t`` of epoch ``e`` (1-based), ``step`` schedule:
+    ``lr * prod(factors of milestones <= e) / (1 + lr_decay * t)``; ``cosine`` schedule (the default): a linear
+    warm-up over ``warmup`` of all steps, then a cosine from ``lr`` to 0 at the last step. ``lr`` left at None
+    becomes ``DEFAULT_LR[optimizer]``.
     """
 
     # what
@@ -53,24 +75,24 @@ class TrainConfig:
     # block as the official CUB code does (docs/fidelity.md row 3)
     init_from_head: str = "keep"
     preset: str | None = None
-    # optimiser (method §3.1)
-    optimizer: str = "sgd"  # sgd (the paper) | adamw (for short CPU runs such as the demo)
-    epochs: int = 300
-    batch_size: int = 128
-    lr: float = 1.0
+    # optimiser: defaults that train in a few epochs; the paper's recipes are presets (method §3.1)
+    optimizer: str = "adamw"  # adamw | sgd (the paper's presets)
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float | None = None  # None: DEFAULT_LR[optimizer]
     momentum: float = 0.9
-    dampening: float = 0.9
+    dampening: float = 0.0  # the VGG presets: 0.9, Torch's default (module docstring)
     nesterov: bool = False
     weight_decay: float = 5e-4
-    lr_decay: float = 1e-7  # Torch learningRateDecay: lr / (1 + lr_decay * step)
-    lr_milestones: list[int] = field(default_factory=lambda: list(range(25, 301, 25)))
-    lr_factors: list[float] = field(default_factory=lambda: [0.5] * 12)
+    lr_decay: float = 0.0  # Torch learningRateDecay: lr / (1 + lr_decay * step)
+    lr_milestones: list[int] = field(default_factory=list)
+    lr_factors: list[float] = field(default_factory=list)
     reset_momentum: bool = False  # re-create the optimiser state at every milestone (the ResNet code)
-    lr_schedule: str = "step"  # step (milestones, the paper) | cosine (linear warm-up, then cosine to 0)
-    warmup: float = 0.0  # cosine: share of all steps spent warming up
-    augment: str = "flip-half"  # none | flip | flip-half | crop-flip | crop-flip-batch (official ResNet)
-    # pixels: augment the [0, 1] images, then the model normalises; normalized: normalise, then augment (the
-    # official order, whose data files held normalised images; differs for GCN+ZCA, docs/fidelity.md row 2)
+    lr_schedule: str = "cosine"  # cosine (linear warm-up, then cosine to 0) | step (milestones, the paper)
+    warmup: float = 0.1  # cosine: share of all steps spent warming up
+    # none (the default: digits must not be mirrored) | flip | flip-half | crop-flip | crop-flip-batch (official
+    # ResNet)
+    augment: str = "none"
     augment_space: str = "pixels"
     drop_last: bool = True
     label_smoothing: float = 0.0
@@ -90,6 +112,19 @@ class TrainConfig:
     quiet: bool = False
     overwrite: bool = False  # train into a non-empty --out that holds no resumable run of these settings
 
+    def __post_init__(self) -> None:
+        if self.lr is None and self.optimizer in DEFAULT_LR:
+            self.lr = DEFAULT_LR[self.optimizer]
+
+    @property
+    def peak_lr(self) -> float:
+        """The learning rate: ``lr``, or the optimiser's default when ``lr`` is None."""
+        if self.lr is not None:
+            return self.lr
+        if self.optimizer not in DEFAULT_LR:
+            raise LTPAError(f"unknown optimizer {self.optimizer!r}; choose {' or '.join(DEFAULT_LR)}")
+        return DEFAULT_LR[self.optimizer]
+
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
@@ -99,8 +134,18 @@ def _milestones(every: int, epochs: int, factor: float) -> tuple[list[int], list
     return ms, [factor] * len(ms)
 
 
+# What every paper preset pins, whatever TrainConfig's defaults are (the paper trains with step schedules).
+_PAPER_PINNED: dict[str, Any] = {
+    "optimizer": "sgd",
+    "lr_schedule": "step",
+    "warmup": 0.0,
+    "label_smoothing": 0.0,
+}
+
+
 def _vgg_recipe(dataset: str) -> dict[str, Any]:
     common: dict[str, Any] = {
+        **_PAPER_PINNED,
         "batch_size": 128,
         "momentum": 0.9,
         "dampening": 0.9,
@@ -134,6 +179,7 @@ def _vgg_recipe(dataset: str) -> dict[str, Any]:
 
 def _resnet_recipe() -> dict[str, Any]:
     return {
+        **_PAPER_PINNED,
         "batch_size": 64,
         "lr": 0.1,
         "momentum": 0.9,
@@ -172,14 +218,25 @@ def _build_presets() -> dict[str, dict[str, Any]]:
         elif model.startswith("resnet164"):
             for dataset in ("cifar10", "cifar100"):
                 presets[f"{model}-{dataset}"] = {"model": model, "data": dataset, **_resnet_recipe()}
+    presets["demo"] = _demo_recipe()
     return presets
+
+
+def _demo_recipe() -> dict[str, Any]:
+    """``ltpa demo``'s recipe for its attention model (ltpa.demo.DemoConfig), without its output settings."""
+    from ltpa.demo import DemoConfig
+
+    demo = DemoConfig()
+    cfg = demo.train_config(demo.attention).to_dict()
+    run_only = ("out", "device", "amp", "channels_last", "threads", "quiet", "overwrite", "preset")
+    return {k: v for k, v in cfg.items() if k not in run_only}
 
 
 PRESETS: dict[str, dict[str, Any]] = {}
 
 
 def list_presets() -> list[str]:
-    """Names of the paper presets, ``<model>-<dataset>``."""
+    """Names of the presets: the paper's, ``<model>-<dataset>``, and ``demo``."""
     if not PRESETS:
         PRESETS.update(_build_presets())
     return sorted(PRESETS)
@@ -359,9 +416,84 @@ def _validate(cfg: TrainConfig) -> None:
         numbers = value if isinstance(value, list) else [value]
         if any(isinstance(v, float) and not math.isfinite(v) for v in numbers):
             raise LTPAError(f"{key} must be a finite number, got {value!r}")
-    if cfg.lr <= 0 or not 0 < cfg.width <= 4:
+    if cfg.peak_lr <= 0 or not 0 < cfg.width <= 4:
         raise LTPAError(f"lr must be positive and width in (0, 4], got lr {cfg.lr!r} and width {cfg.width!r}")
     if not 0 <= cfg.seed < 2**63:
         raise LTPAError(f"seed must be a whole number in 0..2**63-1, got {cfg.seed}")
     if cfg.eval_split == "train" or not cfg.eval_split:
         raise LTPAError(f"eval_split must be a held-out split such as test or val, got {cfg.eval_split!r}")
+
+
+# Settings that say where and how a run goes, not what it computes: a command that reproduces a run leaves them
+# out (the thread count and memory format change results only in the last bits).
+_RUN_ONLY = (
+    "out", "device", "quiet", "overwrite", "threads", "channels_last", "compile", "tensorboard",
+    "checkpoint_every", "eval_batch_size", "sync_bn", "preset",
+)  # fmt: skip
+
+
+def portable_path(path: str | None) -> str | None:
+    """``path`` as it can be shown to someone else: relative to the working folder when inside it, ``~/...``
+    under the home folder, else only its last part (an absolute path of this machine means nothing
+    elsewhere)."""
+    if not path:
+        return path
+    here, home, full = Path.cwd().resolve(), Path.home().resolve(), Path(path).expanduser()
+    if not full.is_absolute():
+        return str(Path(path))
+    full = full.resolve()
+    if full.is_relative_to(here):
+        return str(full.relative_to(here)) or "."
+    if full.is_relative_to(home):
+        return str(Path("~") / full.relative_to(home))
+    return full.name or str(full)
+
+
+def _flag_value(value: Any) -> str:
+    """``value`` as the YAML text ``--model-kwarg``/``--data-option`` read back to the same value."""
+    if isinstance(value, tuple):
+        value = list(value)
+    text = yaml.safe_dump(value, default_flow_style=True, width=1_000_000).strip()
+    return text[: -len("...")].strip() if text.endswith("...") else text
+
+
+def command_line(config: dict[str, Any]) -> str:
+    """The ``ltpa train`` command that trains ``config`` (a saved TrainConfig as a dict) again: its preset,
+    then every setting that differs from the preset or the defaults, with paths made portable
+    (:func:`portable_path`). Where and how the run went (``out``, ``device``, threads...) is left out."""
+    import shlex
+
+    preset = config.get("preset")
+    try:
+        base = resolve_config(preset=preset).to_dict() if preset else TrainConfig().to_dict()
+    except LTPAError:  # a preset this version no longer has: every setting then
+        preset, base = None, TrainConfig().to_dict()
+    words = ["ltpa", "train"]
+    if preset:
+        words += ["--preset", str(preset)]
+    else:  # what to train, always said
+        words += [
+            "--model",
+            str(config.get("model", base["model"])),
+            "--data",
+            str(config.get("data", base["data"])),
+        ]
+    for key, value in config.items():
+        if key in _RUN_ONLY or key not in _FIELDS or value is None or value == base.get(key):
+            continue
+        if key in ("model", "data") and not preset:
+            continue
+        flag = "--" + key.replace("_", "-")
+        if key in ("root", "init_from"):
+            words += [flag, str(portable_path(value))]
+        elif key in ("model_kwargs", "data_options"):
+            option = "--model-kwarg" if key == "model_kwargs" else "--data-option"
+            for name, item in value.items():  # all of them: the flags replace the preset's mapping
+                words += [option, f"{name}={_flag_value(item)}"]
+        elif isinstance(value, bool):
+            words.append(flag if value else "--no-" + key.replace("_", "-"))
+        elif isinstance(value, list):
+            words += [flag, *(str(v) for v in value)]
+        else:
+            words += [flag, str(value)]
+    return " ".join(shlex.quote(w) for w in words)

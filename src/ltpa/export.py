@@ -19,8 +19,8 @@ The ``hf`` format is a folder for sharing the PyTorch model (``model.safetensors
 ``LTPAModel.from_pretrained`` and, once uploaded, ``pretrained="hf-hub:<org>/<name>"`` load; its check
 reloads the folder and compares the logits.
 
-ONNX export needs the ``onnx`` package and its check ``onnxruntime``: ``pip install 'ltpa[onnx]'``. PyTorch
-has deprecated TorchScript (``torch.jit``) in favour of ``torch.export``; ONNX is the format to prefer.
+ONNX export needs the ``onnx`` package and its check ``onnxruntime``: ``pip install onnx onnxruntime`` (in an
+ltpa checkout: ``pip install -e '.[onnx]'``). PyTorch has deprecated TorchScript (``torch.jit``) in favour of ``torch.export``; ONNX is the format to prefer.
 """
 
 from __future__ import annotations
@@ -110,7 +110,10 @@ def _require(module: str, purpose: str) -> Any:
     try:
         return importlib.import_module(module)
     except ImportError as err:
-        raise LTPAError(f"{purpose} needs the {module} package: pip install 'ltpa[onnx]'") from err
+        raise LTPAError(
+            f"{purpose} needs the {module} package: pip install onnx onnxruntime "
+            "(or, in an ltpa checkout, pip install -e '.[onnx]')"
+        ) from err
 
 
 def onnx_opset_range() -> tuple[int, int]:

@@ -74,17 +74,18 @@ def _json_default(value: Any) -> Any:
 
 def _training_facts(model: nn.Module) -> dict[str, Any]:
     """What the checkpoint sidecar (``model.checkpoint``, set by ``ltpa.load_model``) says of the training."""
+    from ltpa.config import command_line, portable_path
+
     meta = getattr(model, "checkpoint", None) or {}
-    config = meta.get("config") or {}
+    config = dict(meta.get("config") or {})
+    for key in ("root", "init_from", "out"):  # no path of this machine in a folder meant for others
+        if config.get(key):
+            config[key] = portable_path(config[key])
     facts: dict[str, Any] = {}
     if config.get("data"):
         facts["data"] = config["data"]
     if config.get("model"):
-        facts["command"] = (
-            f"ltpa train --preset {config['preset']}"
-            if config.get("preset")
-            else f"ltpa train --model {config['model']} --data {config.get('data', '?')}"
-        )
+        facts["command"] = command_line(config)
     if meta.get("epoch") is not None:
         facts["epoch"] = meta["epoch"]
     if meta.get("metrics"):

@@ -142,10 +142,10 @@ class ThreadChoice:
     reason: str
 
 
-def choose_threads(requested: int | None = None) -> ThreadChoice:
+def choose_threads(requested: int | None = None, source: str = "--threads") -> ThreadChoice:
     """The intra-op thread count for CPU work.
 
-    ``requested`` (``--threads N``) wins; then ``$LTPA_THREADS``, then ``$OMP_NUM_THREADS`` (e.g. set by
+    ``requested`` (``--threads N``, or the count a resumed run started with: ``source`` says which) wins; then ``$LTPA_THREADS``, then ``$OMP_NUM_THREADS`` (e.g. set by
     torchrun for several processes per machine). Otherwise PyTorch's default (the physical cores) limited to
     the cores that other processes leave idle, at least 1.
 
@@ -155,7 +155,7 @@ def choose_threads(requested: int | None = None) -> ThreadChoice:
     if requested is not None:
         if requested < 1:
             raise ValueError(f"--threads must be at least 1, got {requested}")
-        return ThreadChoice(requested, "--threads")
+        return ThreadChoice(requested, source)
     for env in (THREADS_ENV, "OMP_NUM_THREADS"):
         value = os.environ.get(env)
         if value:
@@ -176,9 +176,9 @@ def choose_threads(requested: int | None = None) -> ThreadChoice:
     return ThreadChoice(threads, f"{cores} cores, other processes busy on {load:.1f}")
 
 
-def configure_threads(requested: int | None = None) -> ThreadChoice:
+def configure_threads(requested: int | None = None, source: str = "--threads") -> ThreadChoice:
     """Chooses the thread count (:func:`choose_threads`) and applies it with ``torch.set_num_threads``."""
-    choice = choose_threads(requested)
+    choice = choose_threads(requested, source)
     if torch.get_num_threads() != choice.threads:
         torch.set_num_threads(choice.threads)
     _logger.info("using %d CPU threads (%s)", choice.threads, choice.reason)

@@ -45,6 +45,7 @@ import torch.nn.functional as F
 import yaml
 from safetensors import safe_open
 from torch import nn
+from torch.utils.data import Dataset
 
 from ltpa.checkpoint import atomic_write, first_non_finite, read_weights, save_checkpoint, save_weights
 from ltpa.config import TrainConfig, _check_keys, _check_types, _validate
@@ -82,11 +83,16 @@ _TMP = re.compile(r"\.(?P<name>.+)\.[A-Za-z0-9_]+\.tmp")
 
 @dataclass
 class FitResult:
-    """What :func:`fit` returns: the run folder, the trained model (unwrapped, eval mode) and its history."""
+    """What :func:`fit` returns: the run folder, the trained model (unwrapped, eval mode) and its history.
+
+    Each history row's ``test_loss`` and ``test_accuracy`` are measured on the ``eval_split`` (``val`` with
+    ``eval_split="val"``); the names stay for every split, so that readers of metrics files need one key.
+    """
 
     run_dir: Path
     model: LTPAModel
     history: list[dict[str, Any]] = field(default_factory=list)
+    eval_split: str = "test"
 
     @property
     def final(self) -> dict[str, Any]:
@@ -121,10 +127,10 @@ def lr_at(cfg: TrainConfig, epoch: int, step: int, total_steps: int | None = Non
             raise ValueError("the cosine schedule needs total_steps")
         warm = int(cfg.warmup * total_steps)
         if step < warm:
-            return cfg.lr * (WARMUP_START + (1.0 - WARMUP_START) * step / warm)
+            return cfg.peak_lr * (WARMUP_START + (1.0 - WARMUP_START) * step / warm)
         progress = (step - warm) / max(1, total_steps - warm)
-        return cfg.lr * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
-    lr = cfg.lr
+        return cfg.peak_lr * 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+    lr = cfg.peak_lr
     for milestone, factor in zip(cfg.lr_milestones, cfg.lr_factors):
         if epoch >= milestone:
             lr *= factor
@@ -213,18 +219,99 @@ class _Tensors:
     classes: list[str]
 
 
-def _load_data(cfg: TrainConfig, img_size: int, progress: bool) -> _Tensors:
-    from ltpa.data import build_dataset, load_tensors
+@dataclass
+class _UserData:
+    """Datasets passed to :func:`fit` instead of a registered dataset name."""
 
-    train = build_dataset(cfg.data, root=cfg.root, split="train", **cfg.data_options)
-    test = build_dataset(cfg.data, root=cfg.root, split=cfg.eval_split, **cfg.data_options)
+    train: Dataset
+    eval: Dataset
+
+
+class _AsImages(Dataset):
+    """A user's dataset with its images as ltpa reads them: uint8 ``(3, H, W)`` tensors.
+
+    Accepts tensors (uint8, or float in [0, 1] as ``ToTensor`` gives), numpy arrays (HWC or CHW) and PIL
+    images; grey images become three equal channels. Labels become ints.
+    """
+
+    def __init__(self, dataset: Dataset, name: str) -> None:
+        self.dataset, self.name = dataset, name
+        self.classes = getattr(dataset, "classes", None)
+
+    def __len__(self) -> int:
+        return len(self.dataset)  # type: ignore[arg-type]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        item = self.dataset[index]
+        if not isinstance(item, tuple | list) or len(item) < 2:
+            raise LTPAError(f"{self.name} item {index} is not an (image, label) pair")
+        image, label = item[0], item[1]
+        if not isinstance(image, torch.Tensor):
+            import numpy as np
+
+            array = np.asarray(image)
+            image = torch.from_numpy(np.ascontiguousarray(array))
+            if image.dim() == 3 and image.shape[-1] in (1, 3, 4) and image.shape[0] not in (1, 3):
+                image = image.permute(2, 0, 1)  # HWC (PIL, numpy) to CHW
+        if image.dim() == 2:
+            image = image[None]
+        if image.dim() != 3 or image.shape[0] not in (1, 3, 4):
+            raise LTPAError(
+                f"{self.name} item {index}: expected an image (C, H, W) with 1 or 3 channels, got "
+                f"{tuple(image.shape)}"
+            )
+        image = image[:3].expand(3, -1, -1) if image.shape[0] == 1 else image[:3]
+        if image.is_floating_point():
+            image = (image.clamp(0, 1) * 255).round().to(torch.uint8)
+        elif image.dtype != torch.uint8:
+            raise LTPAError(
+                f"{self.name} item {index}: images must be uint8 or float in [0, 1], got {image.dtype}"
+            )
+        return image.contiguous(), int(label)
+
+
+def _load_data(
+    cfg: TrainConfig, img_size: int | None, progress: bool, user: _UserData | None = None
+) -> _Tensors:
+    """The training and held-out images as uint8 tensors at ``img_size`` (None: the datasets' own size)."""
+    from ltpa.data import build_dataset, list_datasets, load_tensors
+
+    if user is not None:
+        train, test = user.train, user.eval
+    elif cfg.data not in list_datasets():
+        raise LTPAError(
+            f"data {cfg.data!r} is not a registered dataset: this run trained on datasets given to fit(); pass "
+            "them again (fit(cfg, resume=..., train_data=..., eval_data=...))"
+        )
+    else:
+        train = build_dataset(cfg.data, root=cfg.root, split="train", **cfg.data_options)
+        test = build_dataset(cfg.data, root=cfg.root, split=cfg.eval_split, **cfg.data_options)
     tx, ty, _ = load_tensors(train, img_size, limit=cfg.subset, progress=progress)
     vx, vy, _ = load_tensors(test, img_size, limit=cfg.test_subset, progress=progress)
+    if len(tx) == 0 or len(vx) == 0:
+        raise LTPAError(
+            f"no {'training' if len(tx) == 0 else 'held-out'} images in {cfg.data}; check the data"
+        )
+    if vx.shape[-2:] != tx.shape[-2:]:
+        raise LTPAError(
+            f"training images are {tuple(tx.shape[-2:])} but held-out ones {tuple(vx.shape[-2:])}; set img_size"
+        )
     if len(tx) < cfg.batch_size and cfg.drop_last:
         raise LTPAError(
             f"{len(tx)} training images are fewer than one batch of {cfg.batch_size}; lower --batch-size or raise --subset"
         )
-    return _Tensors(tx, ty.long(), vx, vy.long(), int(train.num_classes), list(train.classes))
+    classes = getattr(train, "classes", None)
+    if classes is None:
+        top = int(max(ty.max(), vy.max()))
+        classes = [str(k) for k in range(top + 1)]
+    classes = [str(c) for c in classes]
+    for name, labels in (("training", ty), ("held-out", vy)):
+        if int(labels.min()) < 0 or int(labels.max()) >= len(classes):
+            raise LTPAError(
+                f"{name} labels of {cfg.data} run from {int(labels.min())} to {int(labels.max())}, outside the "
+                f"{len(classes)} classes 0..{len(classes) - 1}; labels must be class indices"
+            )
+    return _Tensors(tx, ty.long(), vx, vy.long(), len(classes), classes)
 
 
 def _augment(cfg: TrainConfig, x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
@@ -285,6 +372,11 @@ def build_model(cfg: TrainConfig, num_classes: int, img_size: int) -> LTPAModel:
             )
         kwargs[key] = value
     own_family = cfg.model.startswith(("vgg", "resnet164"))  # ltpa's own models, which take drop_scale
+    if kwargs.get("pretrained") and not backbone:
+        raise LTPAError(
+            f"--pretrained loads the ImageNet weights of timm/ and tv/ backbones; {cfg.model} has none: drop it, "
+            "or start from a run of yours with --init-from RUN_DIR"
+        )
     if cfg.preset is None and cfg.width < NARROW_WIDTH and "drop_scale" not in kwargs and own_family:
         kwargs["drop_scale"] = narrow_drop_scale(cfg.width)
     try:
@@ -297,10 +389,10 @@ def make_optimizer(cfg: TrainConfig, model: nn.Module) -> torch.optim.Optimizer:
     """SGD with the config's momentum, dampening, Nesterov and weight decay (on every parameter, as Torch),
     or AdamW (decoupled weight decay) for short runs."""
     if cfg.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        return torch.optim.AdamW(model.parameters(), lr=cfg.peak_lr, weight_decay=cfg.weight_decay)
     return torch.optim.SGD(
         model.parameters(),
-        lr=cfg.lr,
+        lr=cfg.peak_lr,
         momentum=cfg.momentum,
         dampening=cfg.dampening,
         nesterov=cfg.nesterov,
@@ -520,7 +612,11 @@ def _claim_out(run_dir: Path, cfg: TrainConfig, *, clear: bool, log: bool) -> No
                 "choose another --out"
             )
     if clear:
-        if log and (run_dir / "config.yaml").exists():
+        if log and ((run_dir / RESUME_FILE).exists() or _has_checkpoints(run_dir)):
+            epoch = _saved_epoch(run_dir)
+            done = f" (last saved epoch {epoch})" if epoch is not None else ""
+            logger.info("%s: --overwrite: replacing the earlier run there%s", run_dir, done)
+        elif log and (run_dir / "config.yaml").exists():
             logger.info("%s: replacing an earlier run that never finished an epoch", run_dir)
         clear_run(run_dir)
 
@@ -808,6 +904,8 @@ def fit(
     resume: str | os.PathLike[str] | None = None,
     callbacks: Sequence[Callable[[dict[str, Any]], None]] = (),
     changes: dict[str, Any] | None = None,
+    train_data: Dataset | None = None,
+    eval_data: Dataset | None = None,
 ) -> FitResult:
     """Trains ``cfg.model`` on ``cfg.data`` and writes the run folder (see the module docstring).
 
@@ -820,6 +918,12 @@ def fit(
         changes: with ``resume``, the settings given again (e.g. the command line's flags): more ``epochs``
             extend the run, ``device`` and ``quiet`` apply, any other value that differs from the saved config
             is refused.
+        train_data: any ``torch.utils.data.Dataset`` of ``(image, label)`` items (uint8 or [0, 1] float
+            ``(3, H, W)`` images, class-index labels) to train on instead of the registered ``cfg.data``; its
+            ``classes`` attribute names the classes where it has one. ``cfg.data`` then only labels the run
+            (a registered name becomes ``"custom"``), ``cfg.img_size`` defaults to the images' side and
+            ``cfg.preprocess`` to ``meanstd``. A resumed run needs the same datasets again.
+        eval_data: the held-out dataset evaluated after each epoch (required with ``train_data``).
 
     Returns:
         A :class:`FitResult`.
@@ -830,12 +934,15 @@ def fit(
             (named by epoch; the checkpoints saved before stay).
         KeyboardInterrupt: after saving resume state, on Ctrl-C or SIGTERM.
     """
+    user = _user_data(train_data, eval_data)
     if resume is not None:
         run_dir = Path(resume)
         if not run_dir.is_dir():
             raise LTPAError(f"nothing to resume: {run_dir} is not a folder")
         device_choice = (changes or {}).get("device") or cfg.device
     else:
+        if user is not None:
+            cfg = _label_user_data(cfg, user)
         _validate(cfg)
         run_dir = Path(cfg.out) if cfg.out else _default_out(cfg)
         device_choice = cfg.device
@@ -843,6 +950,8 @@ def fit(
     lock = _RunLock(run_dir) if dist_info.main else None
     if resume is None and dist_info.main:
         _claim_out(run_dir, cfg, clear=False, log=False)  # refuse before creating anything there
+    created = [p for p in (run_dir, *run_dir.parents) if not p.exists()]  # folders this call makes
+    finished = False
     if lock is not None:
         lock.acquire()
     try:
@@ -858,11 +967,66 @@ def fit(
                 clear_run(run_dir)
         elif dist_info.main:
             _claim_out(run_dir, cfg, clear=True, log=not cfg.quiet)
-        return _fit(cfg, run_dir, dist_info, resume_meta, notes, callbacks)
+        result = _fit(cfg, run_dir, dist_info, resume_meta, notes, callbacks, user)
+        finished = True
+        return result
     finally:
         if lock is not None:
             lock.release()
+            if not finished:
+                _remove_unused(created)
         _end_distributed(dist_info)
+
+
+def _user_data(train_data: Dataset | None, eval_data: Dataset | None) -> _UserData | None:
+    if train_data is None and eval_data is None:
+        return None
+    if train_data is None or eval_data is None:
+        raise LTPAError("fit() needs both train_data and eval_data (held-out images evaluated each epoch)")
+    for name, data in (("train_data", train_data), ("eval_data", eval_data)):
+        if not isinstance(data, Dataset) or not hasattr(data, "__len__"):
+            raise LTPAError(
+                f"{name} must be a torch.utils.data.Dataset with a length, got {type(data).__name__}"
+            )
+    return _UserData(_AsImages(train_data, "train_data"), _AsImages(eval_data, "eval_data"))
+
+
+def _label_user_data(cfg: TrainConfig, user: _UserData) -> TrainConfig:
+    """``cfg`` for datasets given to fit(): ``data`` a label that names no registered dataset, and the input
+    size and normalisation that would otherwise come from the registry."""
+    import dataclasses
+
+    from ltpa.data import list_datasets
+    from ltpa.data._base import load_tensors
+
+    changes: dict[str, Any] = {}
+    if cfg.data in list_datasets():
+        changes["data"] = "custom"
+    if cfg.img_size is None:
+        first, _, _ = load_tensors(user.train, None, limit=1, progress=False)
+        if len(first) == 0:
+            raise LTPAError("train_data is empty")
+        changes["img_size"] = int(first.shape[-1])
+    if cfg.preprocess is None and not cfg.model.startswith(("timm/", "tv/")):
+        changes["preprocess"] = "meanstd"
+    return dataclasses.replace(cfg, **changes)
+
+
+def _remove_unused(created: list[Path]) -> None:
+    """After a run that failed before writing anything (no data, a bad model option...): removes the folders
+    it created, deepest first, where nothing but its lock file is in them, so that no empty run folder stays."""
+    for folder in created:
+        try:
+            entries = list(folder.iterdir())
+        except OSError:
+            return
+        if any(e.name != LOCK_FILE for e in entries):
+            return
+        try:
+            (folder / LOCK_FILE).unlink(missing_ok=True)
+            folder.rmdir()
+        except OSError:
+            return
 
 
 @dataclass
@@ -943,8 +1107,9 @@ def _fit(
     resume_meta: dict[str, Any] | None,
     notes: list[str],
     callbacks: Sequence[Callable[[dict[str, Any]], None]],
+    user: _UserData | None = None,
 ) -> FitResult:
-    session, state = _setup(cfg, run_dir, dist_info, resume_meta, notes)
+    session, state = _setup(cfg, run_dir, dist_info, resume_meta, notes, user)
     with _StopFlag() as stop:
         try:
             for epoch in range(state.epoch, cfg.epochs + 1):
@@ -959,11 +1124,16 @@ def _fit(
             if session.writer is not None:
                 session.writer.close()
     session.model.eval()
-    return FitResult(run_dir=run_dir, model=session.model, history=state.history)
+    return FitResult(run_dir=run_dir, model=session.model, history=state.history, eval_split=cfg.eval_split)
 
 
 def _setup(
-    cfg: TrainConfig, run_dir: Path, dist_info: _Dist, resume_meta: dict[str, Any] | None, notes: list[str]
+    cfg: TrainConfig,
+    run_dir: Path,
+    dist_info: _Dist,
+    resume_meta: dict[str, Any] | None,
+    notes: list[str],
+    user: _UserData | None = None,
 ) -> tuple[_Session, TrainState]:
     """Resolves the runtime (threads, precision, memory format), loads data, builds model and optimiser,
     restores resume state, wraps the model (SyncBN, DDP, compile) and writes config.yaml and run.json."""
@@ -971,7 +1141,8 @@ def _setup(
     device = _resolve_device(cfg, dist_info)
     runtime: dict[str, Any] = {}
     if device.type == "cpu":
-        threads = configure_threads(cfg.threads)
+        # on resume the count is the one the run resolved when it started (config.yaml), not a flag
+        threads = configure_threads(cfg.threads, "the count the run started with" if resume else "--threads")
         cfg.threads = threads.threads  # resolved: config.yaml records it, so --resume computes the same
         runtime["threads"] = threads.reason
     precision = resolve_precision(cfg.amp, device)
@@ -984,16 +1155,20 @@ def _setup(
             f"batch size {cfg.batch_size} does not split over {dist_info.world} processes; pick a multiple"
         )
 
-    from ltpa.data import dataset_info
+    from ltpa.data import dataset_info, list_datasets
 
+    if cfg.img_size is None and cfg.data not in list_datasets():
+        raise LTPAError(f"data {cfg.data!r} is not a registered dataset; give its datasets to fit() again")
     img_size = cfg.img_size or dataset_info(cfg.data).img_size
-    data = _load_data(cfg, img_size, progress=bar)
+    data = _load_data(cfg, img_size, progress=bar, user=user)
     model = _build_initial_model(cfg, data, img_size, resume, log)
     n_params = sum(p.numel() for p in model.parameters())
     if dist_info.main:
         _preflight(run_dir, need_bytes=n_params * 4 * CHECKPOINT_COPIES + CHECKPOINT_SLACK_BYTES)
 
-    channels_last, runtime["channels_last"] = _place_model(cfg, model, data, device, amp_dtype, img_size)
+    channels_last, runtime["channels_last"] = _place_model(
+        cfg, model, data, device, amp_dtype, img_size, dist_info
+    )
     optimizer = make_optimizer(cfg, model)
     state = TrainState()
     if resume:
@@ -1035,7 +1210,9 @@ def _setup(
         session.writer = _tensorboard(cfg, run_dir)
     if log:
         logger.info(
-            f"training {cfg.model} ({n_params:,} parameters) on {cfg.data}: {n} images, {steps} steps/epoch, "
+            f"training {cfg.model} ({n_params:,} parameters) on {cfg.data}: {n} images at {img_size}x{img_size} "
+            + ("(--img-size)" if cfg.img_size else "(the dataset's size; --img-size changes it)")
+            + f", {steps} steps/epoch, "
             f"{cfg.epochs} epochs, device {device}"
             + (f" x{dist_info.world}" if dist_info.enabled else "")
             + f" ({describe_runtime(cfg.threads if device.type == 'cpu' else None, cfg.amp, cfg.channels_last)})"
@@ -1051,23 +1228,55 @@ def _place_model(
     device: torch.device,
     amp_dtype: torch.dtype | None,
     img_size: int,
+    dist_info: _Dist | None = None,
 ) -> tuple[bool, str]:
     """Moves the model to ``device`` in the memory format chosen for it (measured on a CPU); records the
-    choice in ``cfg.channels_last`` and returns it with its reason."""
+    choice in ``cfg.channels_last`` and returns it with its reason.
+
+    Under DDP the first process chooses (measures) and every process takes its choice: DDP needs the same
+    parameter strides on all of them, and two processes timing the formats on a busy CPU may disagree.
+    """
+    dist_info = dist_info or _Dist()
     model.to(device)
-    channels_last, reason = choose_channels_last(
-        cfg.channels_last,
-        model,
-        to_unit_float(data.train_x[: cfg.batch_size].to(device)),
-        data.train_y[: cfg.batch_size].to(device),
-        device,
-        amp_dtype,
-        cache_key=(cfg.model, cfg.width, img_size, repr(cfg.model_kwargs), cfg.amp, torch.get_num_threads()),
-    )
+    if dist_info.main:
+        channels_last, reason = choose_channels_last(
+            cfg.channels_last,
+            model,
+            to_unit_float(data.train_x[: cfg.batch_size].to(device)),
+            data.train_y[: cfg.batch_size].to(device),
+            device,
+            amp_dtype,
+            cache_key=(
+                cfg.model,
+                cfg.width,
+                img_size,
+                repr(cfg.model_kwargs),
+                cfg.amp,
+                torch.get_num_threads(),
+            ),
+        )
+    else:
+        channels_last, reason = False, ""
+    if dist_info.enabled:
+        channels_last = _rank0_flag(channels_last, device)
+        reason = (
+            f"{reason}; process 0 chose, all {dist_info.world} processes follow"
+            if dist_info.main
+            else ("the choice of process 0")
+        )
     cfg.channels_last = "on" if channels_last else "off"
     if channels_last:
         model.to(memory_format=torch.channels_last)
     return channels_last, reason
+
+
+def _rank0_flag(flag: bool, device: torch.device) -> bool:
+    """Process 0's ``flag``, in every process of the group."""
+    import torch.distributed as dist
+
+    value = torch.tensor([float(flag)], device=device)
+    dist.broadcast(value, src=0)
+    return bool(value.item())
 
 
 def _build_initial_model(
@@ -1124,6 +1333,7 @@ def _write_run_files(
         "world_size": session.dist_info.world,
         "params": n_params,
         "train_images": len(session.data.train_x),
+        "img_size": int(session.data.train_x.shape[-1]),
         "test_images": len(session.data.test_x),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "resumed_from_epoch": state.epoch if resume else None,
@@ -1303,7 +1513,7 @@ def _end_epoch(session: _Session, state: TrainState, row: dict[str, Any]) -> Non
         logger.log(
             logging.WARNING if warning else logging.INFO,
             f"epoch {epoch}/{cfg.epochs}  loss {row['train_loss']:.4f}  train acc {row['train_accuracy']:.4f}  "
-            f"test acc {row['test_accuracy']:.4f}  lr {row['lr']:.4g}  {row['images_per_s']:.0f} img/s  "
+            f"{cfg.eval_split} acc {row['test_accuracy']:.4f}  lr {row['lr']:.4g}  {row['images_per_s']:.0f} img/s  "
             f"{row['seconds']:.1f}s" + warning,
         )
     elif warning and session.dist_info.main:
@@ -1431,7 +1641,8 @@ def _tensorboard(cfg: TrainConfig, run_dir: Path) -> Any:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError as err:
         raise LTPAError(
-            "--tensorboard needs the tensorboard package: pip install 'ltpa[tensorboard]'"
+            "--tensorboard needs the tensorboard package: pip install tensorboard (or, in an ltpa checkout, "
+            "pip install -e '.[tensorboard]')"
         ) from err
     return SummaryWriter(str(run_dir / "tensorboard"))
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
 from typing import Any
 
 import yaml
@@ -64,14 +65,18 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         help="train a model (any model and dataset, or a paper preset)",
         description=(
             "Train a model. Settings come from defaults, then --config YAML, then --preset, then the flags below. "
+            "Without a preset: AdamW, warm-up then cosine to the last step, 10 epochs, a recipe that trains at "
+            "any length; --preset demo is ltpa demo's recipe, the paper's rows are presets too. "
             "Multi-process: torchrun --nproc-per-node N -m ltpa train ..."
         ),
     )
     what = parser.add_argument_group("what to train")
     what.add_argument(
-        "--preset", help="a paper table row, e.g. vgg_att3_concat_pc-cifar100 (see --list-presets)"
+        "--preset",
+        help="a paper table row, e.g. vgg_att3_concat_pc-cifar100 (see --list-presets), or demo (ltpa demo's "
+        "short AdamW recipe)",
     )
-    what.add_argument("--list-presets", action="store_true", help="list the paper presets and exit")
+    what.add_argument("--list-presets", action="store_true", help="list the presets and exit")
     what.add_argument("--config", help="YAML file of config keys (see --dry-run for the full list)")
     what.add_argument("--model", help="registered model name (`ltpa models`)")
     what.add_argument("--data", help="dataset name (`ltpa data`)")
@@ -81,9 +86,19 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     what.add_argument(
         "--eval-split",
         help="split evaluated each epoch and used to pick best (default: test; val on cluttered data with "
-        "--data-option holdout=N)",
+        "--data-option holdout=N, or on an image folder with a val/ folder)",
     )
-    what.add_argument("--width", type=float, help="channel width multiplier (e.g. 0.125 on a CPU)")
+    what.add_argument(
+        "--pretrained",
+        action="store_true",
+        help="start a timm/ or tv/ backbone from its ImageNet weights, read from this machine's cache (nothing is "
+        "downloaded; the error says how to fetch them once)",
+    )
+    what.add_argument(
+        "--width",
+        type=float,
+        help="channel width multiplier of ltpa's vgg and resnet164 models (e.g. 0.125 on a CPU)",
+    )
     what.add_argument("--img-size", type=int, help="input side (default: the dataset's)")
     what.add_argument("--preprocess", help="input normalisation preset (default: the dataset's)")
     what.add_argument("--init-from", help="checkpoint to initialise all but the classifier from (CUB recipe)")
@@ -103,16 +118,38 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     )
     add_data_option_arg(what, "extra dataset option, e.g. num_train=5000 (repeatable)")
     optim = parser.add_argument_group("optimisation")
-    optim.add_argument("--epochs", type=int)
-    optim.add_argument("--batch-size", type=int)
     optim.add_argument(
-        "--lr", type=float, help="initial learning rate (Torch-dampened momentum in VGG presets)"
+        "--epochs", type=int, help="epochs to train (default 10; the paper's presets 300, 320 or 200)"
+    )
+    optim.add_argument("--batch-size", type=int, help="images per optimiser step (default 64)")
+    optim.add_argument(
+        "--optimizer",
+        choices=["adamw", "sgd"],
+        help="adamw (default) or sgd (the paper's presets, with Torch's dampened momentum in the VGG ones)",
+    )
+    optim.add_argument(
+        "--lr",
+        type=float,
+        help="peak learning rate (default 3e-3 with adamw, 0.1 with sgd; the presets set their own)",
+    )
+    optim.add_argument(
+        "--lr-schedule",
+        choices=["cosine", "step"],
+        help="cosine (default): linear warm-up over --warmup of all steps, then a cosine to 0 at the run's "
+        "last step, whatever --epochs is; step: the paper's milestones (--lr-milestones, --lr-factors)",
+    )
+    optim.add_argument(
+        "--warmup",
+        type=float,
+        metavar="SHARE",
+        help="cosine: share of all steps spent warming up (default 0.1)",
     )
     optim.add_argument(
         "--augment",
         choices=["none", "flip", "flip-half", "crop-flip", "crop-flip-batch"],
-        help="flip-half: exactly half of each batch (VGG); crop-flip-batch: one crop offset per batch and "
-        "a half-batch flip (the official ResNet code); crop-flip: per-image crops and coin-flip flips",
+        help="default none (digits must not be mirrored; try flip on photographs); flip-half: exactly half "
+        "of each batch (VGG presets); crop-flip-batch: one crop offset per batch and a half-batch flip (the "
+        "official ResNet code); crop-flip: per-image crops and coin-flip flips",
     )
     optim.add_argument(
         "--augment-space",
@@ -194,8 +231,25 @@ def config_flag_keys() -> list[str]:
     return [f.name for f in dataclasses.fields(TrainConfig) if f.name not in _NOT_FLAGS]
 
 
+def flag_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The config values the command line gives (None where a flag is absent)."""
+    overrides: dict[str, Any] = {key: getattr(args, key) for key in config_flag_keys()}
+    if args.model_kwarg or args.pretrained:
+        overrides["model_kwargs"] = dict(args.model_kwarg) | ({"pretrained": True} if args.pretrained else {})
+    if args.data_option:
+        overrides["data_options"] = dict(args.data_option)
+    return overrides
+
+
+def config_from_args(args: argparse.Namespace) -> Any:
+    """The TrainConfig of a parsed ``ltpa train`` command line (defaults, --config, --preset, flags)."""
+    from ltpa.config import resolve_config
+
+    return resolve_config(args.config, args.preset, flag_overrides(args))
+
+
 def train_command(args: argparse.Namespace) -> int:
-    from ltpa.config import TrainConfig, list_presets, load_yaml, preset_overrides, resolve_config
+    from ltpa.config import TrainConfig, list_presets, load_yaml, preset_overrides
 
     if args.list_presets:
         for name in list_presets():
@@ -206,11 +260,7 @@ def train_command(args: argparse.Namespace) -> int:
             "say what to train: --model NAME (`ltpa models`), --preset NAME (--list-presets), "
             "--config FILE or --resume RUN_DIR"
         )
-    overrides: dict[str, Any] = {key: getattr(args, key) for key in config_flag_keys()}
-    if args.model_kwarg:
-        overrides["model_kwargs"] = dict(args.model_kwarg)
-    if args.data_option:
-        overrides["data_options"] = dict(args.data_option)
+    overrides = flag_overrides(args)
     from ltpa.train import fit
 
     if args.resume is not None:
@@ -223,14 +273,14 @@ def train_command(args: argparse.Namespace) -> int:
         given.update({k: v for k, v in overrides.items() if v is not None})
         result = fit(TrainConfig(quiet=bool(args.quiet)), resume=args.resume, changes=given)
     else:
-        cfg = resolve_config(args.config, args.preset, overrides)
+        cfg = config_from_args(args)
         if args.dry_run:
             return _dry_run(cfg)
         result = fit(cfg)
     final = result.final
     if final:
         print(
-            f"{result.run_dir}: epoch {final['epoch']}  test accuracy {final['test_accuracy']:.4f}  "
+            f"{result.run_dir}: epoch {final['epoch']}  {result.eval_split} accuracy {final['test_accuracy']:.4f}  "
             f"(best {result.best_accuracy:.4f})"
         )
     return 0
@@ -254,16 +304,29 @@ def _dry_run(cfg: Any) -> int:
         data_line = f"not present here ({err})"
     if num_classes is None:
         raise LTPAError(f"{cfg.data} needs its data to know the number of classes; pass --root")
-    with torch.device("meta"):
+    with torch.device("meta"), warnings.catch_warnings():
+        # --pretrained weights load into the meta tensors as a no-op, which PyTorch warns about once per tensor
+        warnings.filterwarnings("ignore", message=".*copying from a non-meta parameter", category=UserWarning)
         model = build_model(cfg, num_classes, img_size)
     optimizer = make_optimizer(cfg, model)
     params = sum(p.numel() for p in model.parameters())
-    lrs = sorted({round(lr_at(cfg, e, 0, cfg.epochs), 10) for e in range(1, cfg.epochs + 1)}, reverse=True)
+    if cfg.lr_schedule == "cosine":
+        from ltpa.train import WARMUP_START
+
+        schedule = (
+            f"linear warm-up from {cfg.peak_lr * WARMUP_START:g} to {cfg.peak_lr:g} over the first "
+            f"{cfg.warmup:.0%} of the steps, then a cosine to 0 at the last step of epoch {cfg.epochs}"
+            if cfg.warmup
+            else f"a cosine from {cfg.peak_lr:g} to 0 at the last step of epoch {cfg.epochs}"
+        )
+    else:
+        lrs = sorted({round(lr_at(cfg, e, 0), 10) for e in range(1, cfg.epochs + 1)}, reverse=True)
+        schedule = ", ".join(f"{v:g}" for v in lrs) + " (at epoch starts)"
     print("# ---")
     print(f"# model: {cfg.model}, {params:,} parameters, {img_size}x{img_size}, K={num_classes}")
     print(f"# preprocess: {cfg.preprocess or info.preprocess}; data {cfg.data}: {data_line}")
     print(f"# optimiser: {type(optimizer).__name__} {optimizer.defaults}")
-    print(f"# learning rates over the run: {', '.join(f'{v:g}' for v in lrs)}")
+    print(f"# learning rate: {schedule}")
     if cfg.init_from is None and cfg.data == "cub200" and cfg.preset:
         print(
             "# note: the paper initialises CUB models from the CIFAR-100 model: add --init-from RUN_DIR",

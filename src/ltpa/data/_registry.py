@@ -148,10 +148,10 @@ _REGISTRY: dict[str, _Entry] = {
             preprocess="meanstd",
             has_masks=False,
             source=folder.FOLDER_SOURCE,
-            splits=("train", "test", "all"),
+            splits=("train", "val", "test", "all"),
             in_memory=False,
             description="any <root>/<class>/*.jpg tree, seeded split (Caltech-101/256, Event-8, Action-40, "
-            "Scene-67: method §4.2)",
+            "Scene-67: method §4.2), or <root>/{train,val,test}/<class>/ split folders; masks=DIR for localize",
         ),
         _entry(
             "object-discovery",

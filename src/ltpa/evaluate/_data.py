@@ -267,14 +267,24 @@ def data_options_for(model: nn.Module, data: str, options: dict[str, Any]) -> di
 
 
 def check_classes(model: nn.Module, data: EvalData) -> None:
-    """Raises when the model's outputs cannot name the dataset's classes."""
+    """Raises when the model's outputs cannot name the dataset's classes; warns when they can but are other
+    classes (more outputs than the dataset has classes, or class names other than the checkpoint's)."""
     k = int(getattr(model, "num_classes", 0))
     top = int(data.labels.max()) if len(data) else -1
+    name = getattr(model, "run_name", getattr(model, "model_name", "model"))
     if k < data.num_classes or top >= k:
-        name = getattr(model, "run_name", getattr(model, "model_name", "model"))
         raise LTPAError(
             f"{name} has {k} outputs but {data.name} has {data.num_classes} classes; evaluate it on the data "
             "it was trained on (or use `ltpa transfer` for a new label set)"
+        )
+    trained = list((getattr(model, "checkpoint", None) or {}).get("classes") or [])
+    if k != data.num_classes or (trained and trained[: data.num_classes] != list(data.classes)):
+        shown = ", ".join(trained[:4]) + (", ..." if len(trained) > 4 else "") if trained else ""
+        logger.warning(
+            f"warning: {name} was trained on {k} classes{f' ({shown})' if shown else ''} but {data.name} "
+            f"{data.split} has {data.num_classes} ({', '.join(data.classes[:4])}"
+            f"{', ...' if data.num_classes > 4 else ''}): labels are compared by index, so the accuracy compares "
+            "different classes; evaluate it on the data it was trained on, or use `ltpa transfer`"
         )
 
 

@@ -9,7 +9,7 @@ positions looks empty otherwise).
   predicted class, for ``vgg_pan`` the sigmoid gate and the softmax map.
 * Grad-CAM (Selvaraju et al. 2017) is computed on the last convolutional block of the trunk (see
   :func:`gradcam_target_layer`). With the optional ``grad-cam`` package installed (``pip install
-  'ltpa[gradcam]'``) its ``GradCAM`` is used; otherwise (or with ``backend="own"``) a small implementation
+  grad-cam``; in an ltpa checkout ``pip install -e '.[gradcam]'``) its ``GradCAM`` is used; otherwise (or with ``backend="own"``) a small implementation
   here, with a forward hook held in a context manager that always removes it. Both give the same maps: the
   ReLU of the gradient-weighted channel sum, min-max scaled at the layer's resolution, bilinearly upsampled to
   the input and min-max scaled again.
@@ -167,6 +167,16 @@ def _module_name(model: nn.Module, layer: nn.Module) -> str:
     return next((name for name, m in model.named_modules() if m is layer), type(layer).__name__)
 
 
+def gradcam_level_name(model: nn.Module, layer: nn.Module | None = None) -> str:
+    """The name Grad-CAM maps of ``model`` are reported under: the paper's name of the layer it explains
+    (``conv13``, ``stage3``, as the attention maps of that layer are named) where the model declares it
+    (``LTPAModel.gradcam_level``), else the layer's module name."""
+    declared = getattr(model, "gradcam_level", "")
+    if declared:
+        return str(declared)
+    return _module_name(model, layer if layer is not None else gradcam_target_layer(model))
+
+
 def gradcam_backend(backend: str = "auto") -> str:
     """The Grad-CAM implementation ``backend`` resolves to: ``"package"`` (``grad-cam``) or ``"own"``.
 
@@ -178,7 +188,8 @@ def gradcam_backend(backend: str = "auto") -> str:
     installed = importlib.util.find_spec("pytorch_grad_cam") is not None
     if backend == "package" and not installed:
         raise LTPAError(
-            "the grad-cam package is not installed; pip install 'ltpa[gradcam]' or use the own backend"
+            "the grad-cam package is not installed; pip install 'grad-cam>=1.5' (or, in an ltpa checkout, "
+            "pip install -e '.[gradcam]') or use the own backend"
         )
     if backend == "auto":
         return "package" if installed else "own"
@@ -291,7 +302,7 @@ def compute_maps(
     """Every map of ``model`` on ``images``, upsampled to ``size`` (default: the images' side), on the CPU.
 
     Keys are ``(kind, level)``: ``("attention", "conv10")``, ``("cam", "conv13")`` for VGG-GAP, and with
-    ``gradcam`` also ``("gradcam", <target module name>)``. Attention maps keep their values (a softmax map
+    ``gradcam`` also ``("gradcam", <its layer's name>)`` (:func:`gradcam_level_name`: ``conv13`` for the VGGs). Attention maps keep their values (a softmax map
     still sums to about 1 after upsampling); Grad-CAM maps are in [0, 1].
 
     Shape:
@@ -302,7 +313,7 @@ def compute_maps(
     device = model_device(model)
     kind = map_kind(model)
     layer = gradcam_target_layer(model) if gradcam else None
-    gradcam_level = _module_name(model, layer) if layer is not None else ""
+    gradcam_level = gradcam_level_name(model, layer) if layer is not None else ""
     parts: dict[tuple[str, str], list[torch.Tensor]] = {}
     for sl in progress_bar(batch_slices(len(images), batch_size), desc="maps", progress=progress):
         x = to_model_input(images[sl], model.img_size, device)

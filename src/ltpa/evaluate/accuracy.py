@@ -273,10 +273,18 @@ def run_eval(checkpoints: Sequence[str | os.PathLike[str]], config: EvalConfig) 
             "dataset": config.data,
             "split": config.split,
             "options": data.options,
+            "precision": "fp32",
         }
+        trained_amp = ((getattr(model, "checkpoint", None) or {}).get("config") or {}).get("amp")
+        if trained_amp in ("bf16", "fp16"):
+            logger.info(
+                f"note: {model.run_name}'s accuracy during training was measured under {trained_amp} autocast; "
+                "ltpa eval computes in fp32, so the two can differ by a few images"
+            )
         title = f"{model.run_name} on {config.data} ({config.split} split)"
         plot_confusion(result, out / f"confusion_{safe_filename(model.run_name)}.png", title=title)
-    # evaluations into one folder add up: runs evaluated earlier keep their entries (and confusion figures)
+    # evaluations into one folder add up: runs evaluated earlier keep their entries and confusion figures, so
+    # every figure there belongs to an entry of eval.json
     write_json(out / "eval.json", {**earlier, **report})
     rows = [
         {"model": name, "n": r.n, "accuracy": r.accuracy, "error": r.error} for name, r in results.items()

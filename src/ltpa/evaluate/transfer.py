@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,6 +52,7 @@ __all__ = [
     "LinearProbe",
     "TransferConfig",
     "cached_features",
+    "dataset_labels",
     "extract_features",
     "fit_linear_probe",
     "run_transfer",
@@ -322,22 +324,42 @@ def plot_transfer(rows: Sequence[dict[str, Any]], path: str | os.PathLike[str]) 
     return save_figure(fig, path)
 
 
+def dataset_labels(datasets: Sequence[tuple[str, str | None]]) -> list[str]:
+    """One label per ``(name, root)`` pair: the name, or ``name:<folder>`` where a name is given more than
+    once (two image folders), with the whole root where the folder names clash too."""
+    counts = Counter(name for name, _ in datasets)
+    labels = [
+        f"{name}:{Path(root).name or root}" if counts[name] > 1 and root is not None else name
+        for name, root in datasets
+    ]
+    clashing = {label for label, n in Counter(labels).items() if n > 1}
+    return [
+        f"{name}:{root}" if label in clashing and root is not None else label
+        for label, (name, root) in zip(labels, datasets)
+    ]
+
+
 def run_transfer(
     checkpoints: Sequence[str | os.PathLike[str]], config: TransferConfig
 ) -> list[dict[str, Any]]:
     """``ltpa transfer``: linear-classifier accuracy of each checkpoint's frozen features on each dataset.
 
     Writes ``transfer.csv`` (``model,dataset,accuracy``), ``transfer.json`` (with the chosen ``C``, the CV
-    accuracy and the split sizes) and ``transfer.png`` under ``config.out``, and prints a table.
+    accuracy and the split sizes) and ``transfer.png`` under ``config.out``, and prints a table. A dataset
+    name given twice (two image folders) is told apart by its folder (:func:`dataset_labels`).
     """
     if not config.datasets:
         raise LTPAError("no dataset given; pass --data NAME (and --root DIR) at least once")
+    labels = dataset_labels(config.datasets)
+    repeated = sorted({label for label in labels if labels.count(label) > 1})
+    if repeated:
+        raise LTPAError(f"dataset {repeated[0]} is given twice with the same folder; give each one once")
     models = load_checkpoints(checkpoints, which=config.which, device=config.device)
     out = Path(config.out)
     cache = Path(config.cache) if config.cache else out / "features"
     rows: list[dict[str, Any]] = []
     details: list[dict[str, Any]] = []
-    for name, root in config.datasets:
+    for (name, root), label in zip(config.datasets, labels):
         data_cache: dict[str, EvalData] = {}  # one dataset's splits at a time, shared by the models
         for model in models:
             common: dict[str, Any] = {
@@ -353,11 +375,11 @@ def run_transfer(
             probe = fit_linear_probe(
                 train_x, train_y, test_x, test_y, Cs=config.Cs, folds=config.folds, seed=config.seed
             )
-            rows.append({"model": model.run_name, "dataset": name, "accuracy": probe.accuracy})
+            rows.append({"model": model.run_name, "dataset": label, "accuracy": probe.accuracy})
             details.append(
                 {
                     "model": model.run_name,
-                    "dataset": name,
+                    "dataset": label,
                     "root": root,
                     "classes": len(classes),
                     "features": int(train_x.shape[1]),

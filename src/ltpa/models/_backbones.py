@@ -68,6 +68,11 @@ def _family_builder(
         backbone_kwargs: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> LTPAModel:
+        if "width" in kwargs:
+            raise LTPAError(
+                f"{family}/{rest} keeps its backbone's own channel widths, so width does not apply (only ltpa's "
+                "vgg and resnet164 models take it); drop --width, or pick a smaller backbone"
+            )
         fixed = {"levels", "compatibility", "combine"} & set(kwargs)
         if fixed:
             raise LTPAError(

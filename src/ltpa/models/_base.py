@@ -213,6 +213,9 @@ class LTPAModel(nn.Module):
     map_kind: ClassVar[str] = "attention"
     """What ``forward_attention(x).maps`` hold: ``"attention"`` (attention maps; also the models without any
     maps) or ``"cam"`` (class activation maps, VGG-GAP)."""
+    gradcam_level: ClassVar[str] = ""
+    """The paper's name of the layer ``gradcam_layer()`` returns (``conv13``, ``stage3``), under which Grad-CAM
+    maps are reported beside the attention maps of the same layer; empty: its module name."""
 
     num_classes: int
     img_size: int
@@ -395,6 +398,14 @@ class LTPAModel(nn.Module):
         """Replaces the final linear layer(s) by fresh ones for ``num_classes`` classes (the CUB recipe
         initialises everything else from a CIFAR-100 model, method §2.3)."""
         raise NotImplementedError
+
+    def _set_num_classes(self, num_classes: int) -> None:
+        """Records a new class count for ``reset_classifier``, in ``num_classes`` and in the recorded
+        ``model_kwargs``, so that checkpoints and ``save_pretrained`` rebuild the new classifier."""
+        self.num_classes = num_classes
+        kwargs = getattr(self, "model_kwargs", None)
+        if kwargs is not None:
+            self.model_kwargs = {**kwargs, "num_classes": num_classes}
 
     def save_pretrained(self, directory: str | os.PathLike[str], **card: Any) -> Path:
         """Writes ``model.safetensors``, ``config.json`` and a ``README.md`` model card to ``directory``.

@@ -179,4 +179,4 @@ class AttentionModel(LTPAModel):
 
     def reset_classifier(self, num_classes: int) -> None:
         self.head.reset(num_classes)
-        self.num_classes = num_classes
+        self._set_num_classes(num_classes)

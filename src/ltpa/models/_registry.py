@@ -69,7 +69,9 @@ def create_model(
               ``True`` (or a weights file path) loads the backbone's ImageNet weights from the local cache
               (:mod:`ltpa.models.attach`).
         checkpoint_path: an ``ltpa train`` run folder or checkpoint (``ltpa.checkpoint``) whose weights are
-            loaded into the model after ``pretrained``; it must hold the same architecture.
+            loaded into the model after ``pretrained``. Its saved keyword arguments (``num_classes``,
+            ``img_size``, ``width``, ``preprocess``...) are the defaults of ``kwargs``; a ``kwargs`` value that
+            changes the architecture is refused.
         **kwargs: the model's keyword arguments.
 
     Raises:
@@ -119,6 +121,8 @@ def create_model(
             "pretrained must be False, True, a pretrained folder or an hf-hub:<org>/<name> id, "
             f"got {pretrained!r}"
         )
+    if checkpoint_path is not None:
+        kwargs = {**_checkpoint_kwargs(name, checkpoint_path), **kwargs}
     model = _build(name, kwargs)
     if files is not None:
         from ltpa.hub import load_pretrained_weights
@@ -221,16 +225,29 @@ def _build(name: str, kwargs: dict[str, Any]) -> LTPAModel:
     return model
 
 
-def _load_checkpoint(model: LTPAModel, name: str, path: str | os.PathLike[str]) -> None:
-    """Loads the weights of an ltpa checkpoint (``ltpa.checkpoint.load_model``) into ``model``."""
-    from ltpa.checkpoint import load_model, read_sidecar
+def _checkpoint_kwargs(name: str, path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The keyword arguments the ltpa checkpoint at ``path`` was saved with, once its model is ``name``."""
+    from ltpa.checkpoint import read_sidecar
 
-    saved = read_sidecar(path)["model_name"]
+    meta = read_sidecar(path)
+    saved = meta["model_name"]
     if saved != name:
         raise LTPAError(
             f"checkpoint {os.fspath(path)} holds {saved}, not {name}; "
             f"call ltpa.create_model({saved!r}, checkpoint_path=...) or ltpa.load_model"
         )
+    saved_kwargs = meta.get("model_kwargs") or {}
+    if not isinstance(saved_kwargs, dict):
+        raise LTPAError(f"checkpoint {os.fspath(path)} has malformed model_kwargs; restore its .json sidecar")
+    # the weights come from the checkpoint: backbone ImageNet weights need not be looked for again
+    return {k: v for k, v in saved_kwargs.items() if k != "pretrained"}
+
+
+def _load_checkpoint(model: LTPAModel, name: str, path: str | os.PathLike[str]) -> None:
+    """Loads the weights of an ltpa checkpoint (``ltpa.checkpoint.load_model``) into ``model``."""
+    from ltpa.checkpoint import load_model
+
+    _checkpoint_kwargs(name, path)
     source = load_model(path)
     try:
         model.load_state_dict(source.state_dict())

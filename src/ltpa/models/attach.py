@@ -74,7 +74,7 @@ from ltpa.models._base import AttentionOutput
 from ltpa.models._head import AttentionModel
 from ltpa.models._registry import register_family
 from ltpa.models._stages import Level, _resolve, find_stages
-from ltpa.models._taps import Extractor, _build_taps, capture_outputs
+from ltpa.models._taps import Extractor, _build_taps, _FxTaps, capture_outputs
 from ltpa.preprocess import MeanStd
 
 __all__ = ["AttnBackbone", "attach", "capture_outputs", "find_stages"]
@@ -169,6 +169,9 @@ class AttnBackbone(AttentionModel):
         # not repeated in its ``levels``.
         self._local_is_global = [name == glob["name"] for name in names]
         self.preprocess_name = preprocess
+        # The global level's map passes through this identity so that Grad-CAM can hook it where the
+        # backbone's own layer never runs as a module (a torchvision model traced into one graph).
+        self.global_map = nn.Identity()
 
         dim_g = glob["channels"]
         self.global_fc: nn.Linear | None = None
@@ -201,15 +204,23 @@ class AttnBackbone(AttentionModel):
     def model_kwargs(self, kwargs: dict[str, Any]) -> None:
         self.__dict__["_model_kwargs"] = {k: v for k, v in kwargs.items() if k != "pretrained"}
 
+    @property  # type: ignore[misc]
+    def gradcam_level(self) -> str:  # type: ignore[override]
+        """The global level's layer name (``layer4``), as the attended levels are named."""
+        return str(self.global_info["name"])
+
     def gradcam_layer(self) -> nn.Module:
         """The module whose output is the global level's map (the backbone's final attended stage), found
-        under the taps by its name; the last convolution of the model if the taps hide it."""
+        under the taps by its name; ``global_map``, the identity that map passes through, where the taps
+        hide it or traced it into a graph whose modules do not run as the layer (torchvision backbones)."""
+        if isinstance(self.backbone, _FxTaps):
+            return self.global_map
         target = str(self.global_info["name"])
         flat = target.replace(".", "_")
         for name, module in self.backbone.named_modules():
             if name in (target, flat) or name.endswith(("." + target, "." + flat)):
                 return module
-        return super().gradcam_layer()
+        return self.global_map
 
     def global_feature(self, final: torch.Tensor) -> torch.Tensor:
         """``g`` from the final stage's output.
@@ -222,6 +233,7 @@ class AttnBackbone(AttentionModel):
 
     def _features(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         *local_feats, final = self.backbone(x)
+        final = self.global_map(final)
         return final, [l for l, same in zip(local_feats, self._local_is_global) if not same]
 
     def _num_head_levels(self) -> int:

@@ -77,6 +77,8 @@ class PreActResNet(AttentionModel):
         - input: (B, 3, img_size, img_size) in [0, 1]; output: (B, num_classes).
     """
 
+    gradcam_level = "stage3"
+
     def __init__(
         self,
         *,
@@ -200,4 +202,4 @@ class PreActResNet(AttentionModel):
             return
         self.fc = nn.Linear(self.fc.in_features, num_classes)
         init_official(self.fc, zero_linear_bias=True)
-        self.num_classes = num_classes
+        self._set_num_classes(num_classes)

@@ -99,6 +99,8 @@ class AttnVGG(AttentionModel):
         - input: (B, 3, img_size, img_size) in [0, 1]; output: (B, num_classes).
     """
 
+    gradcam_level = "conv13"
+
     def __init__(
         self,
         *,
@@ -202,6 +204,8 @@ class VGG(LTPAModel):
     No attention: ``forward_attention`` returns empty ``maps`` and ``descriptors``.
     """
 
+    gradcam_level = "conv13"
+
     def __init__(
         self,
         *,
@@ -272,7 +276,7 @@ class VGG(LTPAModel):
     def reset_classifier(self, num_classes: int) -> None:
         self.fc = nn.Linear(self.fc.in_features, num_classes)
         init_official(self.fc)
-        self.num_classes = num_classes
+        self._set_num_classes(num_classes)
 
 
 class VGGGAP(LTPAModel):
@@ -282,6 +286,8 @@ class VGGGAP(LTPAModel):
     ``forward_attention`` returns the CAM of the predicted class (unnormalised) and the pooled vector;
     :meth:`cam` gives the CAM of any class.
     """
+
+    gradcam_level = "conv13"
 
     map_kind = "cam"
 
@@ -341,7 +347,7 @@ class VGGGAP(LTPAModel):
     def reset_classifier(self, num_classes: int) -> None:
         self.fc = nn.Linear(self.fc.in_features, num_classes)
         init_official(self.fc)
-        self.num_classes = num_classes
+        self._set_num_classes(num_classes)
 
 
 class VGGPAN(LTPAModel):
@@ -352,6 +358,8 @@ class VGGPAN(LTPAModel):
     and only its descriptor feeds the classifier. ``maps`` are the level-1 gate and the level-2 softmax;
     ``descriptors`` the spatial mean of the gated conv10 map and the level-2 pooled vector.
     """
+
+    gradcam_level = "conv13"
 
     def __init__(
         self,
@@ -419,4 +427,4 @@ class VGGPAN(LTPAModel):
 
     def reset_classifier(self, num_classes: int) -> None:
         self.head.reset(num_classes)
-        self.num_classes = num_classes
+        self._set_num_classes(num_classes)
