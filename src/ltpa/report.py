@@ -44,7 +44,6 @@ from ltpa.evaluate import (
     load_checkpoints,
     model_colours,
 )
-from ltpa.evaluate._data import data_for_models
 from ltpa.models import LTPAModel
 from ltpa.utils import atomic_write, safe_filename
 from ltpa.utils import log as logger
@@ -232,15 +231,7 @@ def write_report(
     if any(not math.isfinite(e) or e < 0 for e in config.epsilons):
         raise LTPAError(f"FGSM budgets must be finite numbers >= 0, got {config.epsilons}")
     models = load_checkpoints(checkpoints, which=config.which, device=config.device)
-    datasets = data_for_models(
-        models,
-        config.data,
-        config.root,
-        split=config.split,
-        limit=config.limit,
-        options=config.data_options,
-        progress=config.progress,
-    )
+    datasets = config.datasets_for(models)
     names = [m.run_name for m in models]
     histories = {name: read_history(ckpt) for name, ckpt in zip(names, checkpoints)}
     data = datasets[0]

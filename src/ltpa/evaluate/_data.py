@@ -79,6 +79,22 @@ class EvalSettings:
     out: str = "results"
     progress: bool | None = None
 
+    def datasets_for(
+        self, models: Sequence[LTPAModel], *, img_size: int | None = None, labelled: bool = True
+    ) -> list[EvalData]:
+        """:func:`data_for_models` with these settings' data, root, split, limit, options and progress."""
+        return data_for_models(
+            models,
+            self.data,
+            self.root,
+            split=self.split,
+            limit=self.limit,
+            options=self.data_options,
+            img_size=img_size,
+            progress=self.progress,
+            labelled=labelled,
+        )
+
 
 @dataclass
 class EvalData:
@@ -389,15 +405,9 @@ def masked_data(models: Sequence[LTPAModel], config: Any, command: str) -> tuple
             f"and masks are compared), got {config.size!r}"
         )
     size = config.size or max(int(m.img_size) for m in models)
-    data = data_for_models(
+    data = config.datasets_for(
         models[:1],
-        config.data,
-        config.root,
-        split=config.split,
-        limit=config.limit,
-        options=config.data_options,
         img_size=size,
-        progress=config.progress,
         labelled=False,
     )[0]
     if data.masks is None:

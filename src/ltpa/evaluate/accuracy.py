@@ -29,7 +29,6 @@ from ltpa.errors import LTPAError
 from ltpa.evaluate._data import (
     EvalSettings,
     batch_slices,
-    data_for_models,
     eval_mode,
     load_checkpoints,
     model_device,
@@ -246,15 +245,7 @@ def run_eval(checkpoints: Sequence[str | os.PathLike[str]], config: EvalConfig) 
     """
     earlier = _earlier_report(Path(config.out) / "eval.json")  # refused before any work, if not ours
     models = load_checkpoints(checkpoints, which=config.which, device=config.device)
-    datasets = data_for_models(
-        models,
-        config.data,
-        config.root,
-        split=config.split,
-        limit=config.limit,
-        options=config.data_options,
-        progress=config.progress,
-    )
+    datasets = config.datasets_for(models)
     out = Path(config.out)
     results: dict[str, AccuracyResult] = {}
     report: dict[str, Any] = {}

@@ -35,7 +35,6 @@ from ltpa.errors import LTPAError
 from ltpa.evaluate._data import (
     EvalSettings,
     batch_slices,
-    data_for_models,
     eval_mode,
     load_checkpoints,
     model_device,
@@ -330,15 +329,7 @@ def run_attack(checkpoints: Sequence[str | os.PathLike[str]], config: AttackConf
     models = load_checkpoints(checkpoints, which=config.which, device=config.device)
     out = Path(config.out)
     rows: list[dict[str, Any]] = []
-    datasets = data_for_models(
-        models,
-        config.data,
-        config.root,
-        split=config.split,
-        limit=config.limit,
-        options=config.data_options,
-        progress=config.progress,
-    )
+    datasets = config.datasets_for(models)
     for model, data in zip(models, datasets):
         sweep = attack_sweep(
             model,
