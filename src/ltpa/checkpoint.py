@@ -48,8 +48,13 @@ def checkpoint_paths(stem: str | os.PathLike[str]) -> tuple[Path, Path]:
 
 
 def first_non_finite(state: Mapping[str, torch.Tensor]) -> str | None:
-    """The name of the first floating-point tensor of ``state`` holding an inf or NaN, or ``None``."""
+    """The name of the first floating-point tensor of ``state`` holding an inf or NaN, or ``None``.
+
+    Tensors on the ``meta`` device (a model built without memory, as ``--dry-run`` does) hold no values and are
+    skipped."""
     for name, tensor in state.items():
+        if tensor.device.type == "meta":
+            continue
         if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
             return name
     return None
