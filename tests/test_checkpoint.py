@@ -94,9 +94,11 @@ def test_non_finite_buffers_are_refused_too(run: Path) -> None:
 
 @pytest.mark.parametrize("command", ["eval", "export"])
 def test_cli_commands_on_a_nan_checkpoint_exit_non_zero_in_one_line(
-    run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str
 ) -> None:
     """Before the fix ``ltpa eval`` reported chance accuracy and exited 0, and export wrote a NaN model."""
+    run = tmp_path / "ten"  # a model of the data's 10 classes, which evaluated "fine" before
+    save_checkpoint(run / "last", tiny_model(num_classes=10), epoch=1)
     key = poison(run / "last.safetensors")
     args = {
         "eval": ["eval", str(run), "--data", "cluttered-digits", "--data-option", "num_test=16"],
