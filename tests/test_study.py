@@ -353,3 +353,64 @@ def test_study_command_line_defaults_to_every_stage_and_refuses_unknown_ones(
     assert main(["trian"]) == 2
     assert "unknown stage(s) trian; choose from pilot, main" in capsys.readouterr().err
     assert main(["--jobs", "0"]) == 2
+
+
+def test_damaged_study_files_are_one_line_errors_naming_the_file(tmp_path: Path) -> None:
+    from ltpa.errors import LTPAError
+    from ltpa.study.runner import read_history, read_timing
+
+    rec = tmp_path / "main/cluttered/att2-pc/r0.json.gz"
+    write_record(rec, {"run": {}, "history": [], "data": {}})
+    rec.write_bytes(rec.read_bytes()[:10])  # truncated
+    with pytest.raises(LTPAError, match=r"r0\.json\.gz cannot be read.*restore it from git"):
+        Records.load(tmp_path, DESIGN)
+    (tmp_path / "timing.json").write_text('{"pilot": ')
+    with pytest.raises(LTPAError, match=r"timing\.json cannot be read"):
+        read_timing(tmp_path / "timing.json")
+    run = tmp_path / "run"
+    run.mkdir()
+    good = '{"epoch": 1, "train_accuracy": 0.5}\n'
+    (run / "metrics.jsonl").write_text(good + '{"epoch": 2, "tr')  # a kill mid-line: that epoch is redone
+    assert read_history(run) == [{"epoch": 1, "train_accuracy": 0.5}]
+    (run / "metrics.jsonl").write_text('{"ep\n' + good)
+    with pytest.raises(LTPAError, match="damaged at line 1"):
+        read_history(run)
+
+
+def test_study_refuses_unusable_folders_and_a_report_without_records(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ltpa.study.__main__ import main
+
+    a_file = tmp_path / "file"
+    a_file.write_text("x")
+    assert main(["report", "--out", str(a_file / "sub")]) == 1
+    assert "cannot create" in capsys.readouterr().err
+    assert main(["report", "--out", str(tmp_path / "o"), "--records", str(a_file)]) == 1
+    assert "is a file" in capsys.readouterr().err
+    args = [
+        "report",
+        "--out",
+        str(tmp_path / "o"),
+        "--records",
+        str(tmp_path / "none"),
+        "--docs",
+        str(tmp_path),
+    ]
+    assert main(args) == 1
+    assert "no study records under" in capsys.readouterr().err
+
+
+def test_study_log_is_never_written_through_a_link(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from ltpa.study.__main__ import main
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep")
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "study.log").symlink_to(victim)
+    assert main(["report", "--out", str(out), "--records", str(tmp_path / "none")]) == 1
+    assert victim.read_text() == "keep"
+    assert "study.log" in capsys.readouterr().err

@@ -68,11 +68,21 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as err:
         print(f"error: cannot create {out}: {err.strerror}; choose another --out", file=sys.stderr)
         return 1
+    if records.exists() and not records.is_dir():
+        print(f"error: --records {records} is a file; give a folder", file=sys.stderr)
+        return 1
+    from ltpa.utils import NoFollowFileHandler
+
+    try:
+        log_file = NoFollowFileHandler(out / "study.log")
+    except (OSError, LTPAError) as err:
+        print(f"error: cannot write {out / 'study.log'}: {err}", file=sys.stderr)
+        return 1
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(message)s",
         datefmt="%H:%M:%S",
-        handlers=[logging.StreamHandler(sys.stderr), logging.FileHandler(out / "study.log")],
+        handlers=[logging.StreamHandler(sys.stderr), log_file],
     )
     stages = tuple(args.stages or STAGE_CHOICES)
     study = Study(

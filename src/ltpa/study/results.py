@@ -3,14 +3,13 @@ values and statistics of every comparison. Nothing here reads a run folder."""
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ltpa.study.design import Comparison, Design, measure
-from ltpa.study.runner import read_record
+from ltpa.study.runner import read_record, read_timing
 from ltpa.study.stats import PairedResult, holm, paired_test, sign_flip_p
 
 __all__ = ["ComparisonResult", "Records"]
@@ -50,9 +49,7 @@ class Records:
                 recs.labels_by[(rec["regime"], int(rec["replicate"]))] = [int(v) for v in rec["labels"]]
             else:
                 recs.runs[rel] = rec
-        timing = recs.root / "timing.json"
-        if timing.exists():
-            recs.timing = json.loads(timing.read_text())
+        recs.timing = read_timing(recs.root / "timing.json")
         return recs
 
     # ------------------------------------------------------------------------------------------ lookups

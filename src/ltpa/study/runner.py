@@ -21,7 +21,6 @@ import gzip
 import json
 import logging
 import math
-import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
@@ -31,7 +30,9 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Any
 
+from ltpa.errors import LTPAError
 from ltpa.study.design import DESIGN, SMOKE, Arm, Design, Regime, arm, regime
+from ltpa.utils import atomic_write
 
 __all__ = [
     "LADDER",
@@ -42,6 +43,7 @@ __all__ = [
     "plateau",
     "read_history",
     "read_record",
+    "read_timing",
     "write_record",
 ]
 
@@ -69,11 +71,28 @@ class Run:
 
 
 def read_history(run_dir: Path) -> list[dict[str, Any]]:
-    """The per-epoch rows of a run folder (empty when it has none yet)."""
+    """The per-epoch rows of a run folder (empty when it has none yet).
+
+    A last line cut short (a kill while it was written) is left out: that epoch is trained again on resume.
+
+    Raises:
+        LTPAError: for a damaged line before the last, naming the file.
+    """
     path = run_dir / "metrics.jsonl"
     if not path.exists():
         return []
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    rows = []
+    for i, line in enumerate(lines):
+        try:
+            rows.append(json.loads(line))
+        except ValueError:
+            if i == len(lines) - 1:
+                break
+            raise LTPAError(
+                f"{path} is damaged at line {i + 1}; delete the run folder {run_dir} to train that run again"
+            ) from None
+    return rows
 
 
 def _held_out(row: dict[str, Any]) -> float:
@@ -131,18 +150,52 @@ def ladder_step(lr: float, direction: int) -> float:
 
 
 def write_record(path: Path, record: dict[str, Any]) -> None:
-    """Writes a gzipped JSON record atomically, byte-identical for identical content (no timestamp)."""
+    """Writes a gzipped JSON record atomically (never through a link), byte-identical for identical content
+    (sorted keys, no timestamp in the gzip header)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     raw = json.dumps(record, sort_keys=True, separators=(",", ":")).encode()
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f, gzip.GzipFile(filename="", mode="wb", fileobj=f, mtime=0) as gz:
-        gz.write(raw)
-    os.replace(tmp, path)
+
+    def write(tmp: str) -> None:
+        with open(tmp, "wb") as f, gzip.GzipFile(filename="", mode="wb", fileobj=f, mtime=0) as gz:
+            gz.write(raw)
+
+    atomic_write(path, write)
 
 
 def read_record(path: Path) -> dict[str, Any]:
-    with gzip.open(path, "rb") as f:
-        return dict(json.loads(f.read()))
+    """A record written by :func:`write_record`.
+
+    Raises:
+        LTPAError: for a damaged or truncated file, naming it and the fix.
+    """
+    try:
+        with gzip.open(path, "rb") as f:
+            record = json.loads(f.read())
+    except (OSError, EOFError, ValueError) as err:
+        raise LTPAError(
+            f"study record {path} cannot be read ({err}); restore it from git (git checkout -- {path}) or delete "
+            "it to run that run again"
+        ) from None
+    if not isinstance(record, dict):
+        raise LTPAError(f"study record {path} is not a record; restore it from git or delete it")
+    return record
+
+
+def read_timing(path: Path) -> dict[str, Any]:
+    """``timing.json`` (empty when missing).
+
+    Raises:
+        LTPAError: for a damaged file, naming it and the fix.
+    """
+    if not path.exists():
+        return {}
+    try:
+        timing = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise LTPAError(f"{path} cannot be read ({err}); restore it from git or delete it") from None
+    if not isinstance(timing, dict):
+        raise LTPAError(f"{path} is not a timing record; restore it from git or delete it")
+    return timing
 
 
 # ------------------------------------------------------------------------------------------------ workers
@@ -301,7 +354,7 @@ class Study:
         finally:
             path = self.records / "timing.json"
             path.parent.mkdir(parents=True, exist_ok=True)
-            timing = json.loads(path.read_text()) if path.exists() else {}
+            timing = read_timing(path)
             entry = timing.setdefault(stage, {"seconds": 0.0, "commits": []})
             entry["seconds"] = round(entry["seconds"] + time.perf_counter() - start, 1)
             if commit not in entry["commits"]:
@@ -309,7 +362,8 @@ class Study:
             machines = entry.setdefault("machines", [])
             if where not in machines:
                 machines.append(where)
-            path.write_text(json.dumps(timing, indent=1, sort_keys=True) + "\n")
+            text = json.dumps(timing, indent=1, sort_keys=True) + "\n"
+            atomic_write(path, lambda tmp: Path(tmp).write_text(text))
 
     def execute(self, runs: list[Run]) -> None:
         """Trains and measures every run without a record, ``jobs`` at a time."""
