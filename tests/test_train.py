@@ -61,7 +61,9 @@ def test_run_folder_contents_and_load_model(reference):
     model = load_model(run)
     assert not model.training and model.run_name == "ref"
     x = torch.rand(4, 3, 32, 32)
-    torch.testing.assert_close(model(x), reference.model(x))
+    # the trained model may be channels-last (chosen by timing on a CPU) and the loaded one is contiguous:
+    # their convolutions round differently in the last bits
+    torch.testing.assert_close(model(x), reference.model(x), rtol=1e-3, atol=1e-4)
     meta = json.loads((run / "last.json").read_text())
     assert meta["epoch"] == 2 and meta["model_name"] == "vgg_att2_concat_pc"
     assert meta["classes"] == [str(d) for d in range(10)]

@@ -217,7 +217,8 @@ def test_lr_1e6_stops_without_saving_and_nan_message_says_no_checkpoint(tmp_path
 def test_resume_extends_epochs_and_refuses_changed_flags(tmp_path, capsys):
     out = tmp_path / "run"
     cosine = ["--lr", "0.003"]
-    assert ltpa.cli.main(small_flags(out, *cosine)) == 0
+    # a step schedule: more epochs leave the finished steps' rates as they were (the cosine case is below)
+    assert ltpa.cli.main(small_flags(out, *cosine, "--lr-schedule", "step")) == 0
     config = (out / "config.yaml").read_text()
     threads = TrainConfig(**__import__("yaml").safe_load(config)).threads
     capsys.readouterr()
