@@ -155,12 +155,14 @@ def test_data_grid_through_a_link_a_folder_and_a_full_disk(
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "is a folder; give the PNG file to write" in err
 
-    def full(self: Path, data: bytes) -> int:  # the disk fills halfway through the file
-        with open(self, "wb") as fh:
-            fh.write(data[: len(data) // 2])
-        raise OSError(errno.ENOSPC, "No space left on device", str(self))
+    from matplotlib.figure import Figure
 
-    monkeypatch.setattr(Path, "write_bytes", full)
+    def full(self: Figure, fname: str, **kwargs: object) -> None:  # the disk fills halfway through the PNG
+        with open(fname, "wb") as fh:
+            fh.write(b"\x89PNG\r\n\x1a\n" + b"\0" * 100)
+        raise OSError(errno.ENOSPC, "No space left on device", str(fname))
+
+    monkeypatch.setattr(Figure, "savefig", full)
     before = link.read_bytes()
     assert main(_grid_args(link)) == 2  # was exit 0 with a truncated PNG
     assert "the disk is full" in capsys.readouterr().err
