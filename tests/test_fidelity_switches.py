@@ -207,3 +207,26 @@ def test_which_best_evaluates_the_best_checkpoint_not_the_last(tmp_path: Path) -
         assert main([*args, *flag, "--out", str(tmp_path / which)]) == 0
         per_class = json.loads((tmp_path / which / "eval.json").read_text())["run"]["per_class"]
         assert per_class[str(always)] == 1.0 and per_class[str(1 - always)] == 0.0
+
+
+def test_sync_bn_switch_converts_every_batchnorm_under_ddp_and_is_refused_on_a_cpu(monkeypatch) -> None:
+    """Ledger row 30: ``--sync-bn`` makes BatchNorm statistics global across processes (CUDA only)."""
+    import torch.nn.parallel
+
+    import ltpa
+    from ltpa.config import TrainConfig
+    from ltpa.errors import LTPAError
+    from ltpa.train import _Dist, _wrap_model
+
+    model = ltpa.create_model("vgg_att2_concat_pc", width=0.0625)
+    two = _Dist(rank=0, world=2)
+    monkeypatch.setattr(torch.nn.parallel, "DistributedDataParallel", lambda m, device_ids=None: m)
+    wrapped = _wrap_model(TrainConfig(sync_bn=True), model, two, torch.device("cuda", 0))
+    kinds = {type(m) for m in wrapped.modules()}
+    assert torch.nn.SyncBatchNorm in kinds and torch.nn.BatchNorm2d not in kinds
+    plain = _wrap_model(
+        TrainConfig(sync_bn=False), ltpa.create_model("vgg", width=0.0625), two, torch.device("cuda", 0)
+    )
+    assert torch.nn.SyncBatchNorm not in {type(m) for m in plain.modules()}
+    with pytest.raises(LTPAError, match="--sync-bn needs CUDA"):
+        _wrap_model(TrainConfig(sync_bn=True), model, two, torch.device("cpu"))
