@@ -378,6 +378,11 @@ def test_console_names_the_split_overwrite_and_resumed_thread_count(tmp_path, ca
     # the input size is said: images are resized to the dataset's size unless told
     assert "images at 32x32 (the dataset's size; --img-size changes it)" in captured.err
     assert "val accuracy" in captured.out
+    # metrics.csv (for people) names the split too; metrics.jsonl (for programs) keeps its test_* keys
+    header = (tmp_path / "val" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"val_loss", "val_accuracy"} <= set(header) and not {"test_loss", "test_accuracy"} & set(header)
+    first = json.loads((tmp_path / "val" / "metrics.jsonl").read_text().splitlines()[0])
+    assert "test_accuracy" in first
     # --overwrite on a finished run says it replaces that run, not that it "never finished an epoch"
     flags = _without(small_flags(tmp_path / "run"), "--quiet")
     assert ltpa.cli.main(flags) == 0

@@ -99,7 +99,11 @@ def read_history(checkpoint: str | os.PathLike[str]) -> list[dict[str, Any]]:
             return [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
         if table.is_file():
             with open(table, newline="") as fh:
-                return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+                # the CSV names its held-out columns after the split (val_accuracy); the rows use test_*
+                return [
+                    {("test_" + k[4:] if k.startswith("val_") else k): _number(v) for k, v in row.items()}
+                    for row in csv.DictReader(fh)
+                ]
     except (json.JSONDecodeError, csv.Error, UnicodeDecodeError) as err:
         raise LTPAError(f"cannot read the metrics of {folder} ({err}); the file is damaged") from err
     return []

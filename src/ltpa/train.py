@@ -668,22 +668,29 @@ def _default_out(cfg: TrainConfig) -> Path:
 
 
 class _MetricsLog:
-    def __init__(self, run_dir: Path) -> None:
+    """``metrics.csv`` for people and ``metrics.jsonl`` for programs. The held-out columns of the CSV are named
+    after the split evaluated (``val_accuracy`` under ``--eval-split val``); the JSONL keeps the ``test_*`` keys
+    for every split, as :class:`FitResult` documents, so that programs read one key."""
+
+    def __init__(self, run_dir: Path, split: str = "test") -> None:
         self.csv = run_dir / "metrics.csv"
         self.jsonl = run_dir / "metrics.jsonl"
+        self.split = split
 
     def rewrite(self, history: list[dict[str, Any]]) -> None:
         if not history:
             for path in (self.csv, self.jsonl):
                 path.unlink(missing_ok=True)
             return
-        fields = list(history[0])
+        rename = {f"test_{k}": f"{self.split}_{k}" for k in ("loss", "accuracy")}
+        rows = [{rename.get(k, k): v for k, v in row.items()} for row in history]
+        fields = list(rows[0])
 
         def write_csv(tmp: str) -> None:
             with open(tmp, "w", newline="") as fh:
                 writer = csv.DictWriter(fh, fieldnames=fields)
                 writer.writeheader()
-                writer.writerows(history)
+                writer.writerows(rows)
 
         atomic_write(self.csv, write_csv)
         atomic_write(
@@ -1196,7 +1203,7 @@ def _setup(
         train_model=_wrap_model(cfg, model, dist_info, device),
         optimizer=optimizer,
         scaler=torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None,
-        metrics_log=_MetricsLog(run_dir),
+        metrics_log=_MetricsLog(run_dir, cfg.eval_split),
         writer=None,
         log=log,
         bar=bar,
