@@ -1,5 +1,6 @@
 """The command line's own options: -v and --quiet before or after the command name."""
 
+import argparse
 import logging
 
 import pytest
@@ -56,3 +57,25 @@ def test_models_lists_timm_and_torchvision_backbones(capsys):
         line for line in capsys.readouterr().out.splitlines() if line.startswith("timm/test_resnet_att2_pc")
     ]
     assert len(row) == 1 and "@ 16" in row[0] and "@ 32" in row[0]
+
+
+def test_ltpa_help_lists_every_command_without_importing_pytorch() -> None:
+    """`ltpa --help` builds no subcommand (they import PyTorch, seconds of start-up); its summaries are the
+    ones the commands' own parsers give."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, contextlib, io\nimport ltpa.cli\nout = io.StringIO()\n"
+        "with contextlib.redirect_stdout(out), contextlib.suppress(SystemExit):\n    ltpa.cli.main(['--help'])\n"
+        "print('torch' in sys.modules)\nprint(out.getvalue())\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    loaded, _, text = proc.stdout.partition("\n")
+    assert loaded == "False"
+    for name in ltpa.cli._COMMANDS:
+        assert name in text
+    full = ltpa.cli.build_parser()
+    subparsers = next(a for a in full._actions if isinstance(a, argparse._SubParsersAction))
+    helps = {action.dest: action.help for action in subparsers._choices_actions}
+    assert helps == ltpa.cli._COMMANDS

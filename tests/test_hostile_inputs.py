@@ -607,7 +607,7 @@ def test_ctrl_c_while_the_cli_starts_is_a_clean_exit(
 ) -> None:
     import ltpa.cli
 
-    def interrupted() -> None:
+    def interrupted(*args: object, **kwargs: object) -> None:
         raise KeyboardInterrupt
 
     monkeypatch.setattr(ltpa.cli, "build_parser", interrupted)

@@ -18,25 +18,38 @@ from ltpa.errors import LTPAError
 
 __all__ = ["main"]
 
-# Subcommands, in the order `ltpa --help` lists them.
-_COMMANDS: tuple[str, ...] = (
-    "models",
-    "data",
-    "train",
-    "demo",
-    "export",
-    "eval",
-    "visualize",
-    "predict",
-    "attack",
-    "segment",
-    "localize",
-    "transfer",
-    "report",
-)
+# Subcommands, in the order `ltpa --help` lists them, with the one line it shows for each (the same line each
+# command's own module gives its parser: tests/test_cli.py checks that they agree).
+_COMMANDS: dict[str, str] = {
+    "models": "list the models with parameter counts and attended levels",
+    "data": "list datasets and where they are; counts and a sample grid for one",
+    "train": "train a model (any model and dataset, or a paper preset)",
+    "demo": "train baseline and attention VGG on cluttered digits and write a report (CPU, minutes)",
+    "export": "export a checkpoint to ONNX, TorchScript or a shareable weights folder",
+    "eval": "accuracy, per-class accuracy and confusion matrix of checkpoints",
+    "visualize": "attention maps overlaid on images (with CAM / Grad-CAM beside them)",
+    "predict": "top-k classes of image files, with the model's maps over each",
+    "attack": "accuracy and fooling rate under FGSM / PGD per epsilon",
+    "segment": "Jaccard index of binarised attention maps against ground-truth masks",
+    "localize": "attention mass inside the object's box and mask, pointing game",
+    "transfer": "linear classifier on frozen features of unseen datasets",
+    "report": "one self-contained HTML page per run: curves, maps, confusion matrix, FGSM sweep",
+}
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _command_in(argv: Sequence[str] | None) -> str | None:
+    """The subcommand named on the command line (the first word that is one), or None."""
+    for word in argv or ():
+        if word in _COMMANDS:
+            return word
+        if not word.startswith("-"):
+            return None
+    return None
+
+
+def build_parser(argv: Sequence[str] | None = None, *, full: bool = True) -> argparse.ArgumentParser:
+    """The ``ltpa`` parser. With ``full=False`` only the subcommand named in ``argv`` is imported (the others
+    are listed by name and summary): the subcommands import PyTorch, which ``ltpa --help`` does not need."""
     parser = argparse.ArgumentParser(
         prog="ltpa",
         allow_abbrev=False,
@@ -45,9 +58,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"ltpa {__version__}")
     _add_verbosity(parser, quiet_dest="quiet_before")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in _COMMANDS:
-        module = importlib.import_module(f"ltpa.commands.{name}")
-        getattr(module, f"add_{name}_parser")(subparsers)
+    wanted = None if full else _command_in(argv)
+    for name, summary in _COMMANDS.items():
+        if full or name == wanted:
+            module = importlib.import_module(f"ltpa.commands.{name}")
+            getattr(module, f"add_{name}_parser")(subparsers)
+        else:
+            subparsers.add_parser(name, help=summary, add_help=False)
     for sub in subparsers.choices.values():
         sub.allow_abbrev = False  # `--epoch` must not stand for `--epochs`: a typo is an error, never a guess
         _add_verbosity(sub)
@@ -103,8 +120,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Runs ``ltpa`` with ``argv`` (default: ``sys.argv[1:]``) and returns the exit status."""
     command = "command"
     try:
-        parser = build_parser()  # imports the subcommands (and so PyTorch): Ctrl-C may arrive here
-        args = parser.parse_args(argv)
+        words = list(sys.argv[1:] if argv is None else argv)
+        # imports the named subcommand (and so PyTorch): Ctrl-C may arrive here
+        parser = build_parser(words, full=False)
+        args = parser.parse_args(words)
         command = args.command
         from ltpa.utils import configure_logging
 

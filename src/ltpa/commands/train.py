@@ -36,8 +36,7 @@ def add_data_option_arg(group: argparse._ArgumentGroup | argparse.ArgumentParser
 THREADS_HELP = (
     "CPU threads (default: the cores other processes leave idle, measured at start; $LTPA_THREADS or "
     "$OMP_NUM_THREADS also set it). Threads sharing a core with another busy process make every step wait "
-    "for the slowest one: on a 2-core machine with one other busy process, 2 threads kept 0.44x of their "
-    "idle speed and 1 thread 0.72x (docs/benchmarks.md). The count changes results in the last bits; "
+    "for the slowest one (measurements: docs/benchmarks.md). The count changes results in the last bits; "
     "--resume reuses it"
 )
 
