@@ -223,7 +223,9 @@ def _train_and_measure(
 
         model = load_model(folder, which="last")
     elif folder.exists() and (folder / "config.yaml").exists():
-        model = fit(cfg, resume=folder, changes={"quiet": True, "device": device}).model
+        # the run's own rate and length: a folder left by another design is refused, never resumed silently
+        changes = {"quiet": True, "device": device, "lr": run.lr, "epochs": run.epochs}
+        model = fit(cfg, resume=folder, changes=changes).model
     else:
         model = fit(cfg).model
     train_seconds = time.perf_counter() - started
