@@ -147,16 +147,16 @@ MEASURES: tuple[Measure, ...] = (
     ),
     Measure(
         "map_ap", "pixel AP of the map (best level on validation)", "%", True, measures.measure_maps,
-        measures.paired_map_ap, measures.summary_map_ap, "Attention maps against object masks",
+        measures.paired_map_ap, measures.summary_map_ap, "Maps against object masks (attention maps; VGG-GAP: its CAM)",
     ),
     Measure(
         "map_pointing", "pointing: the map's peak on the object", "%", True, measures.measure_maps,
-        measures.paired_map_pointing, measures.summary_map_pointing, "Attention maps against object masks",
+        measures.paired_map_pointing, measures.summary_map_pointing, "Maps against object masks (attention maps; VGG-GAP: its CAM)",
     ),
     Measure(
         "map_ap_deepest", "pixel AP of the deepest map (equal resolution to the CAM)", "%", True,
         measures.measure_maps, measures.paired_map_ap_deepest, measures.summary_map_ap,
-        "Attention maps against object masks",
+        "Maps against object masks (attention maps; VGG-GAP: its CAM)",
     ),
     Measure(
         "fgsm", "FGSM fooling rate at 2/255 (images both arms get right)", "%", False, measures.measure_fgsm,

@@ -89,12 +89,11 @@ def summary_accuracy(record: dict[str, Any], labels: list[int]) -> dict[str, flo
 
 
 def _model_maps(model: Any, images: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Every map of the model by name: attention levels by layer name, VGG-GAP's CAM as ``cam``."""
+    """Every map of the model by the name of its layer, as ``ltpa.evaluate`` names them: attention levels
+    (``conv10``, ``conv13``) and VGG-GAP's CAM (``conv13``, the layer it is computed on)."""
     from ltpa.study.metrics import level_maps
 
     _, levels = level_maps(model, images)
-    if getattr(model, "map_kind", "attention") == "cam":
-        return {"cam": levels[-1]}
     return {info["name"]: m for info, m in zip(model.attn_info, levels)}
 
 
