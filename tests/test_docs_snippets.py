@@ -1,0 +1,371 @@
+"""The documentation's code runs as written (issue 21): README.md's Python blocks run in a fresh interpreter,
+and every ``ltpa ...`` (and benchmark script) command in README.md, docs/*.md and recipes/README.md parses
+with the real command-line parser; the ``ltpa train`` ones also resolve their config with ``--dry-run``.
+
+What a snippet needs and a fresh clone cannot have offline (a trained run folder, weights on the Hugging Face
+Hub, the repository's path) is made for it in a scratch folder at the path the snippet names; the few blocks
+that cannot run here are listed in ``NOT_RUN`` with the reason.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import io
+import os
+import re
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from conftest import tiny_train_config
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DOC_FILES = sorted(
+    [REPO_ROOT / "README.md", REPO_ROOT / "recipes" / "README.md"]
+    + [p for p in (REPO_ROOT / "docs").glob("*.md") if not p.name.startswith("results")]
+)
+
+
+@dataclass(frozen=True)
+class Block:
+    path: Path
+    line: int  # 1-based line of the first line of code (after the fence)
+    lang: str
+    text: str
+
+    @property
+    def where(self) -> str:
+        return f"{self.path.relative_to(REPO_ROOT)}:{self.line}"
+
+
+def extract_blocks(path: Path) -> list[Block]:
+    """The fenced code blocks of a Markdown file, with the line their code starts on."""
+    blocks: list[Block] = []
+    lang: str | None = None
+    start = 0
+    lines: list[str] = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        fence = re.match(r"^\s*```\s*([\w+-]*)", line)
+        if fence and lang is None:
+            lang, start, lines = fence.group(1).lower(), number + 1, []
+        elif fence:
+            blocks.append(Block(path, start, lang or "", "\n".join(lines)))
+            lang = None
+        elif lang is not None:
+            lines.append(line)
+    assert lang is None, f"{path}: a code fence is never closed"
+    return blocks
+
+
+def test_extract_blocks_finds_fences_and_their_lines(tmp_path):
+    page = tmp_path / "page.md"
+    page.write_text("text\n```python\nx = 1\n```\n\n```\nltpa models\n```\n", encoding="utf-8")
+    blocks = extract_blocks(page)
+    assert [(b.line, b.lang, b.text) for b in blocks] == [(3, "python", "x = 1"), (7, "", "ltpa models")]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# README.md's Python blocks, run
+
+# Keyed by a block's first line: what runs before the block (the README's blocks continue one another, and
+# the fit() example names the user's own datasets).
+PRELUDES: dict[str, str] = {
+    'learned = ltpa.create_model("vgg_att2_concat_pc", width=0.125, init_seed=0)': "import ltpa\n",
+    "from ltpa.config import TrainConfig": (
+        "from ltpa.data import build_dataset\n"
+        "_small = dict(num_train=96, num_test=32)\n"
+        'my_train_set = build_dataset("cluttered-digits", split="train", **_small)\n'
+        'my_val_set = build_dataset("cluttered-digits", split="test", **_small)\n'
+    ),
+}
+# Keyed by a block's first line: why it is not run here. Empty: every Python block of README.md runs.
+NOT_RUN: dict[str, str] = {}
+# Keyed by a block's first line: blocks that run in the slow lane only (they train).
+SLOW = {"from ltpa.config import TrainConfig": "fit() trains 3 epochs"}
+# Placeholders in the snippets -> what they stand for in the scratch folder.
+PLACEHOLDERS = {"path/to/ltpa": str(REPO_ROOT)}
+HUB_ID = ("ORG", "NAME")  # the README's hf-hub:ORG/NAME, laid out in a local Hugging Face cache
+
+
+def _readme_python_blocks() -> list[Block]:
+    return [b for b in extract_blocks(REPO_ROOT / "README.md") if b.lang == "python"]
+
+
+def _first_line(block: Block) -> str:
+    return next(line.strip() for line in block.text.splitlines() if line.strip())
+
+
+def _cache_hub_repo(folder: Path, cache: Path, org: str, name: str) -> None:
+    """Lays out ``folder``'s files as the Hugging Face cache holds a download of ``org/name``."""
+    root = cache / f"models--{org}--{name}"
+    snapshot = root / "snapshots" / ("1" * 40)
+    snapshot.mkdir(parents=True)
+    (root / "refs").mkdir()
+    (root / "refs" / "main").write_text("1" * 40)
+    for file in folder.iterdir():
+        (snapshot / file.name).write_bytes(file.read_bytes())
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A scratch folder holding what the README's snippets name: ``runs/att2`` (a 1-epoch ``ltpa train`` run
+    of the README's model), ``weights/att2`` (a ``save_pretrained`` folder) and ``hf-hub:ORG/NAME`` in a
+    local Hugging Face cache (``hf-cache``)."""
+    import ltpa
+    from ltpa.train import fit
+
+    root = tmp_path_factory.mktemp("docs")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        cfg = tiny_train_config(
+            root / "runs",
+            "att2",
+            model="vgg_att2_concat_pc",
+            epochs=1,
+            data_options={"num_train": 64, "num_test": 32},
+        )
+        fit(cfg)
+        ltpa.create_model("vgg_att2_concat_pc", num_classes=10).save_pretrained(root / "weights" / "att2")
+        hub = root / "hub-upload"
+        ltpa.create_model("vgg_att2_concat_pc", num_classes=10).save_pretrained(hub)
+        _cache_hub_repo(hub, root / "hf-cache", *HUB_ID)
+    finally:
+        torch.set_num_threads(threads)
+    return root
+
+
+def _run_python(code: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ)
+    env.update(
+        PYTHONPATH=os.pathsep.join([str(REPO_ROOT / "src"), env.get("PYTHONPATH", "")]).rstrip(os.pathsep),
+        HF_HUB_OFFLINE="1",
+        HF_HUB_CACHE=str(cwd / "hf-cache"),
+        LTPA_THREADS="1",
+        OMP_NUM_THREADS="1",
+        MKL_NUM_THREADS="1",
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def test_the_readme_has_python_blocks_and_every_one_is_run_or_listed():
+    blocks = _readme_python_blocks()
+    assert len(blocks) >= 5
+    firsts = {_first_line(b) for b in blocks}
+    stale = (set(PRELUDES) | set(NOT_RUN) | set(SLOW)) - firsts
+    assert not stale, f"PRELUDES/NOT_RUN name blocks README.md no longer has: {sorted(stale)}"
+
+
+@pytest.mark.parametrize(
+    "block",
+    [
+        pytest.param(b, marks=pytest.mark.slow) if _first_line(b) in SLOW else b
+        for b in _readme_python_blocks()
+    ],
+    ids=lambda b: b.where,
+)
+def test_readme_python_block_runs(block: Block, workspace: Path):
+    first = _first_line(block)
+    if first in NOT_RUN:
+        pytest.skip(NOT_RUN[first])
+    code = block.text
+    for placeholder, value in PLACEHOLDERS.items():
+        code = code.replace(placeholder, value)
+    code = PRELUDES.get(first, "") + code
+    proc = _run_python(code, workspace)
+    assert proc.returncode == 0, f"{block.where} fails as written:\n{proc.stderr[-3000:]}"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Shell commands, parsed
+
+# Shell variables the recipes set in a loop, by name -> the first value the loop gives them.
+LOOP_VALUES = re.compile(r"^for (\w+) in (\S+)")
+ASSIGNMENT = re.compile(r'^(\w+)="([^"]*)"$')
+
+
+@dataclass(frozen=True)
+class Command:
+    where: str
+    argv: list[str]
+
+
+def _logical_lines(block: Block) -> list[tuple[int, str]]:
+    """``block``'s lines with ``\\`` continuations joined, each with the line it starts on (comments kept)."""
+    out: list[tuple[int, str]] = []
+    pending, start = "", 0
+    for offset, raw in enumerate(block.text.splitlines()):
+        if not pending:
+            start = block.line + offset
+        line = raw.rstrip()
+        if line.endswith("\\"):
+            pending += line[:-1] + " "
+            continue
+        text, pending = (pending + line).strip(), ""
+        if text:
+            out.append((start, text))
+    return out
+
+
+def _commands(kind: str) -> list[Command]:
+    """Every command of ``kind`` ("ltpa" or "benchmarks") in the shell blocks (fenced as bash, sh or
+    nothing) of the documentation, with the block's variables substituted."""
+    found: list[Command] = []
+    for path in DOC_FILES:
+        for block in extract_blocks(path):
+            if block.lang not in ("", "bash", "sh", "shell", "console"):
+                continue
+            variables: dict[str, str] = {}
+            for line, text in _logical_lines(block):
+                where = f"{path.relative_to(REPO_ROOT)}:{line}"
+                if m := ASSIGNMENT.match(text):
+                    variables[m.group(1)] = " ".join(m.group(2).split())
+                    continue
+                if not text.startswith(("ltpa ", "torchrun ", "for ", ".venv/", "python")):
+                    continue  # prose, a listing, make targets
+                if m := LOOP_VALUES.match(text):
+                    variables[m.group(1)] = m.group(2)
+                    continue
+                for name, value in variables.items():
+                    text = text.replace(f"${name}", value)
+                argv = shlex.split(text, comments=True)
+                if argv[:1] == ["torchrun"] and "-m" in argv:  # torchrun ... -m ltpa ARGS
+                    argv = ["ltpa", *argv[argv.index("-m") + 2 :]]
+                if kind == "ltpa" and argv[:1] == ["ltpa"]:
+                    found.append(Command(where, argv[1:]))
+                elif kind == "benchmarks" and any(a.startswith("benchmarks/") for a in argv[:2]):
+                    script = next(a for a in argv[:2] if a.startswith("benchmarks/"))
+                    found.append(Command(where, [script, *argv[argv.index(script) + 1 :]]))
+    return found
+
+
+def _parse(argv: list[str]) -> tuple[Any, str]:
+    """Parses ``argv`` with the real ``ltpa`` parser; returns (namespace or None, argparse's message)."""
+    from ltpa.cli import build_parser
+
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            return build_parser().parse_args(argv), ""
+        except SystemExit:
+            return None, err.getvalue().strip().splitlines()[-1]
+
+
+def test_the_docs_hold_ltpa_commands_of_every_kind():
+    subcommands = {c.argv[0] for c in _commands("ltpa")}
+    assert {
+        "train",
+        "eval",
+        "visualize",
+        "predict",
+        "attack",
+        "segment",
+        "localize",
+        "transfer",
+        "report",
+    } <= (subcommands)
+
+
+def test_every_ltpa_command_in_the_docs_parses():
+    failures = []
+    for command in _commands("ltpa"):
+        args, message = _parse(command.argv)
+        if args is None:
+            failures.append(f"{command.where}: ltpa {shlex.join(command.argv)}\n    {message}")
+    assert not failures, "commands in the docs that do not parse:\n" + "\n".join(failures)
+
+
+def test_every_dataset_the_docs_name_is_registered():
+    from ltpa.data import list_datasets
+
+    known = set(list_datasets())
+    named = {
+        (c.where, c.argv[i + 1])
+        for c in _commands("ltpa")
+        for i, a in enumerate(c.argv[:-1])
+        if a == "--data"
+    }
+    assert named
+    unknown = sorted(f"{where}: --data {name}" for where, name in named if name not in known)
+    assert not unknown, "datasets the docs name that ltpa does not know:\n" + "\n".join(unknown)
+
+
+def test_the_parse_check_catches_a_broken_command():
+    assert _parse(["train", "--epoch", "3"])[0] is None  # abbreviations are refused
+    assert _parse(["eval"])[0] is None
+    assert _parse(["train", "--model", "vgg", "--epochs", "3"])[0] is not None
+
+
+def _dry_runnable() -> list[Command]:
+    """The ``ltpa train`` commands that start a new run (not --resume or --list-presets)."""
+    return [
+        c
+        for c in _commands("ltpa")
+        if c.argv[0] == "train" and not ({"--resume", "--list-presets", "--help", "-h"} & set(c.argv))
+    ]
+
+
+def test_every_ltpa_train_command_in_the_docs_resolves_with_dry_run(
+    tmp_path, monkeypatch, capsys, single_thread
+):
+    """``--dry-run`` resolves the preset/flags into a config and builds the model (on the meta device) and the
+    optimiser; data that is not here (CIFAR, CUB...) is reported, not needed. ``--init-from`` runs are made
+    (an empty folder is enough for the dry run to resolve)."""
+    from ltpa.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    commands = _dry_runnable()
+    assert len(commands) >= 20
+    failures = []
+    for command in commands:
+        argv = [*command.argv, "--dry-run"] if "--dry-run" not in command.argv else list(command.argv)
+        if "--init-from" in argv:
+            (tmp_path / argv[argv.index("--init-from") + 1]).mkdir(parents=True, exist_ok=True)
+        try:
+            status = main(argv)
+        except SystemExit as exc:  # argparse refused it (test_every_ltpa_command_in_the_docs_parses says why)
+            status = exc.code if isinstance(exc.code, int) else 2
+        out, err = capsys.readouterr()
+        if status != 0 or "# model:" not in out:
+            failures.append(f"{command.where}: ltpa {shlex.join(argv)}\n    {err.strip()[-500:]}")
+    assert not failures, "ltpa train commands in the docs that do not resolve:\n" + "\n".join(failures)
+    assert not list(tmp_path.glob("runs/*/config.yaml")), "a dry run wrote a run folder"
+
+
+def test_list_presets_as_the_readme_shows(capsys):
+    from ltpa.cli import main
+
+    assert main(["train", "--list-presets"]) == 0
+    presets = set(capsys.readouterr().out.split())
+    named = {c.argv[c.argv.index("--preset") + 1] for c in _commands("ltpa") if "--preset" in c.argv}
+    assert named and named <= presets, f"the docs name presets that do not exist: {sorted(named - presets)}"
+
+
+def _benchmark_parser(script: str) -> Any:
+    spec = importlib.util.spec_from_file_location(f"_doc_{Path(script).stem}", REPO_ROOT / script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.parse_args
+
+
+def test_every_benchmark_command_in_the_docs_parses():
+    commands = _commands("benchmarks")
+    assert {c.argv[0] for c in commands} >= {"benchmarks/throughput.py", "benchmarks/profile_step.py"}
+    failures = []
+    for command in commands:
+        err = io.StringIO()
+        with contextlib.redirect_stderr(err):
+            try:
+                _benchmark_parser(command.argv[0])(command.argv[1:])
+            except SystemExit:
+                failures.append(f"{command.where}: {shlex.join(command.argv)}\n    {err.getvalue().strip()}")
+    assert not failures, "benchmark commands in the docs that do not parse:\n" + "\n".join(failures)
