@@ -369,3 +369,47 @@ def test_every_benchmark_command_in_the_docs_parses():
             except SystemExit:
                 failures.append(f"{command.where}: {shlex.join(command.argv)}\n    {err.getvalue().strip()}")
     assert not failures, "benchmark commands in the docs that do not parse:\n" + "\n".join(failures)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# README.md's commands that need only a run folder and images, run
+
+RUN_AS_WRITTEN = ("predict", "visualize")  # and `train --resume`; the rest need data sets not here
+
+
+@pytest.mark.slow
+def test_readme_commands_on_a_run_folder_run_as_written(
+    workspace, tmp_path, monkeypatch, capsys, single_thread
+):
+    """README.md's ``ltpa predict``, ``ltpa visualize`` (with ``--cam runs/gap``) and ``ltpa train --resume``
+    lines, run unchanged on 1-epoch runs and two small images of the names the README uses."""
+    import shutil
+
+    import numpy as np
+    from PIL import Image
+
+    from ltpa.cli import main
+    from ltpa.train import fit
+
+    shutil.copytree(workspace / "runs", tmp_path / "runs")
+    fit(
+        tiny_train_config(tmp_path / "runs", "gap", model="vgg_gap", epochs=1, data_options={"num_train": 64})
+    )
+    monkeypatch.chdir(tmp_path)
+    rng = np.random.default_rng(0)
+    commands = [
+        c
+        for c in _commands("ltpa")
+        if c.where.startswith("README.md")
+        and (c.argv[0] in RUN_AS_WRITTEN or c.argv[:2] == ["train", "--resume"])
+    ]
+    assert len(commands) == 3
+    for command in commands:
+        for name in command.argv:
+            if name.endswith((".jpg", ".png")) and not Path(name).exists():
+                Image.fromarray(rng.integers(0, 256, (40, 48, 3), dtype=np.uint8)).save(name)
+        assert main(command.argv) == 0, f"{command.where}: ltpa {shlex.join(command.argv)}"
+    out = capsys.readouterr().out
+    assert "runs/att2: epoch 1" in out  # the resume found the finished run
+    assert (tmp_path / "runs" / "visualize" / "attention.png").is_file()
+    assert sorted(p.name for p in (tmp_path / "runs" / "predict").glob("*.png"))
