@@ -84,6 +84,32 @@ PRELUDES: dict[str, str] = {
         'my_val_set = build_dataset("cluttered-digits", split="test", **_small)\n'
     ),
 }
+# Keyed by a block's first line: assertions run after the block, so that what its comments promise (shapes,
+# parameter counts) is checked too.
+CHECKS: dict[str, str] = {
+    "import torch": "assert g_a.shape == (8, 256) and a.shape == (8, 32, 32)\n",
+    "import torch, ltpa": (
+        "assert sum(p.numel() for p in model.parameters()) == 19_971_751\n"
+        "assert out.logits.shape == (2, 100)\n"
+        "assert [tuple(m.shape) for m in out.maps] == [(2, 32, 32), (2, 16, 16), (2, 8, 8)]\n"
+        "assert [i['stride'] for i in model.attn_info] == [1, 2, 4]\n"
+    ),
+    "import timm, torch, ltpa": (
+        "assert out.logits.shape == (2, 200)\n"
+        "assert [tuple(m.shape) for m in out.maps] == [(2, 14, 14), (2, 7, 7)]\n"
+    ),
+    "import ltpa, torch": (
+        "assert f.shape == (2, 512, 8, 8)\n"
+        "assert pooled.shape == (2, model.num_features)\n"
+        "assert out.logits.shape == logits.shape\n"
+        "assert model.num_classes == 10\n"
+    ),
+    "from ltpa.data import build_dataset, load_tensors": (
+        "import torch\n"
+        "assert (images.dtype, labels.dtype, masks.dtype) == (torch.uint8, torch.int64, torch.bool)\n"
+    ),
+    "from ltpa.config import TrainConfig": "assert len(result.history) == 3 and result.model is not None\n",
+}
 # Keyed by a block's first line: why it is not run here. Empty: every Python block of README.md runs.
 NOT_RUN: dict[str, str] = {}
 # Keyed by a block's first line: blocks that run in the slow lane only (they train).
@@ -160,7 +186,7 @@ def test_the_readme_has_python_blocks_and_every_one_is_run_or_listed():
     blocks = _readme_python_blocks()
     assert len(blocks) >= 5
     firsts = {_first_line(b) for b in blocks}
-    stale = (set(PRELUDES) | set(NOT_RUN) | set(SLOW)) - firsts
+    stale = (set(PRELUDES) | set(NOT_RUN) | set(SLOW) | set(CHECKS)) - firsts
     assert not stale, f"PRELUDES/NOT_RUN name blocks README.md no longer has: {sorted(stale)}"
 
 
@@ -179,7 +205,7 @@ def test_readme_python_block_runs(block: Block, workspace: Path):
     code = block.text
     for placeholder, value in PLACEHOLDERS.items():
         code = code.replace(placeholder, value)
-    code = PRELUDES.get(first, "") + code
+    code = PRELUDES.get(first, "") + code + "\n" + CHECKS.get(first, "")
     proc = _run_python(code, workspace)
     assert proc.returncode == 0, f"{block.where} fails as written:\n{proc.stderr[-3000:]}"
 
