@@ -324,6 +324,61 @@ def test_every_dataset_the_docs_name_is_registered():
     assert not unknown, "datasets the docs name that ltpa does not know:\n" + "\n".join(unknown)
 
 
+# Placeholders of the commands written inline in the prose -> sample values.
+INLINE_PLACEHOLDERS = {
+    "GAP_RUN": "runs/gap",
+    "RUN": "runs/att2",
+    "DIR": "out",
+    "NAME": "cluttered-digits",
+    "PATH": "out/model.onnx",
+}
+
+
+def _inline_commands() -> list[Command]:
+    """The ``ltpa`` commands written inline (`` `ltpa eval RUN --data ...` ``) that give arguments, with their
+    placeholders filled in; spans that show a syntax (``...``, ``|``, ``[...]``) or ask for help are left out."""
+    from ltpa.cli import _COMMANDS
+
+    found = []
+    for path in DOC_FILES:
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+            for span in re.findall(r"`(ltpa [^`]+)`", line):
+                argv = shlex.split(span)[1:]
+                if (
+                    len(argv) < 2
+                    or argv[0] not in _COMMANDS
+                    or any(mark in span for mark in ("...", "…", "|", "[", "--help"))
+                ):
+                    continue
+                argv = [re.sub(r"<(\w+)>", r"\1", a) for a in argv]
+                argv = [INLINE_PLACEHOLDERS.get(a, a) for a in argv]
+                found.append(Command(f"{path.relative_to(REPO_ROOT)}:{number}", argv))
+    return found
+
+
+def test_every_inline_ltpa_command_in_the_docs_parses():
+    commands = _inline_commands()
+    assert len(commands) >= 8
+    failures = []
+    for command in commands:
+        args, message = _parse(command.argv)
+        if args is None:
+            failures.append(f"{command.where}: `ltpa {shlex.join(command.argv)}`\n    {message}")
+    assert not failures, "inline commands in the docs that do not parse:\n" + "\n".join(failures)
+
+
+def test_every_make_target_the_docs_name_exists():
+    targets = set(re.findall(r"^([\w-]+):", (REPO_ROOT / "Makefile").read_text(encoding="utf-8"), re.M))
+    named = {
+        (f"{path.relative_to(REPO_ROOT)}", target)
+        for path in DOC_FILES
+        for target in re.findall(r"(?:^|`)make ([\w-]+)", path.read_text(encoding="utf-8"), re.M)
+    }
+    assert {t for _, t in named} >= {"demo", "test"}
+    missing = sorted(f"{where}: make {target}" for where, target in named if target not in targets)
+    assert not missing, "make targets the docs name that the Makefile lacks:\n" + "\n".join(missing)
+
+
 def test_the_parse_check_catches_a_broken_command():
     assert _parse(["train", "--epoch", "3"])[0] is None  # abbreviations are refused
     assert _parse(["eval"])[0] is None
