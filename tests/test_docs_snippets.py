@@ -379,6 +379,27 @@ def test_every_make_target_the_docs_name_exists():
     assert not missing, "make targets the docs name that the Makefile lacks:\n" + "\n".join(missing)
 
 
+def test_every_data_option_the_docs_give_is_an_option_of_its_dataset():
+    """``--data-option KEY=VALUE`` keys against the options of the ``--data`` before them (that dataset's
+    ``build_dataset`` keywords), so that a renamed option fails here and not on a user's GPU."""
+    from ltpa.data import dataset_options
+
+    checked, failures = 0, []
+    for command in _commands("ltpa"):
+        data = None
+        for flag, value in zip(command.argv, command.argv[1:]):
+            if flag == "--data":
+                data = value
+            elif flag == "--data-option":
+                key = value.split("=", 1)[0]
+                assert data is not None, f"{command.where}: --data-option before any --data"
+                checked += 1
+                if key not in dataset_options(data):
+                    failures.append(f"{command.where}: --data-option {value} (not an option of {data})")
+    assert checked >= 5
+    assert not failures, "dataset options in the docs that do not exist:\n" + "\n".join(failures)
+
+
 def test_the_parse_check_catches_a_broken_command():
     assert _parse(["train", "--epoch", "3"])[0] is None  # abbreviations are refused
     assert _parse(["eval"])[0] is None
