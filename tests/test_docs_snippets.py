@@ -103,6 +103,8 @@ CHECKS: dict[str, str] = {
         "assert pooled.shape == (2, model.num_features)\n"
         "assert out.logits.shape == logits.shape\n"
         "assert model.num_classes == 10\n"
+        "model.eval()\n"
+        "assert torch.allclose(model.forward_head(model.forward_features(x)), model(x), atol=1e-5)\n"
     ),
     "from ltpa.data import build_dataset, load_tensors": (
         "import torch\n"
