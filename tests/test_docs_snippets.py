@@ -3,8 +3,10 @@ and every ``ltpa ...`` (and benchmark script) command in README.md, docs/*.md an
 with the real command-line parser; the ``ltpa train`` ones also resolve their config with ``--dry-run``.
 
 What a snippet needs and a fresh clone cannot have offline (a trained run folder, weights on the Hugging Face
-Hub, the repository's path) is made for it in a scratch folder at the path the snippet names; the few blocks
-that cannot run here are listed in ``NOT_RUN`` with the reason.
+Hub, the repository's path) is made for it in a scratch folder at the path the snippet names; a block that
+cannot run here would be listed in ``NOT_RUN`` with the reason (none is). The blocks and commands that train
+(README's ``fit()`` example) or evaluate a run (its ``predict``, ``visualize`` and ``--resume`` lines) run in
+the slow lane.
 """
 
 from __future__ import annotations
