@@ -249,7 +249,7 @@ def _logical_lines(block: Block) -> list[tuple[int, str]]:
 
 
 def _commands(kind: str) -> list[Command]:
-    """Every command of ``kind`` ("ltpa" or "benchmarks") in the shell blocks (fenced as bash, sh or
+    """Every command of ``kind`` ("ltpa", "torchrun" or "benchmarks") in the shell blocks (fenced as bash, sh or
     nothing) of the documentation, with the block's variables substituted."""
     found: list[Command] = []
     for path in DOC_FILES:
@@ -270,6 +270,8 @@ def _commands(kind: str) -> list[Command]:
                 for name, value in variables.items():
                     text = text.replace(f"${name}", value)
                 argv = shlex.split(text, comments=True)
+                if kind == "torchrun" and argv[:1] == ["torchrun"]:
+                    found.append(Command(where, argv[1:]))
                 if argv[:1] == ["torchrun"] and "-m" in argv:  # torchrun ... -m ltpa ARGS
                     argv = ["ltpa", *argv[argv.index("-m") + 2 :]]
                 if kind == "ltpa" and argv[:1] == ["ltpa"]:
@@ -405,6 +407,16 @@ def test_every_data_option_the_docs_give_is_an_option_of_its_dataset():
                     failures.append(f"{command.where}: --data-option {value} (not an option of {data})")
     assert checked >= 5
     assert not failures, "dataset options in the docs that do not exist:\n" + "\n".join(failures)
+
+
+def test_every_torchrun_line_in_the_docs_parses_and_runs_ltpa():
+    from torch.distributed.run import get_args_parser
+
+    commands = _commands("torchrun")
+    assert commands
+    for command in commands:
+        args = get_args_parser().parse_args(command.argv)
+        assert args.module and args.training_script == "ltpa", command.where
 
 
 def test_the_parse_check_catches_a_broken_command():
