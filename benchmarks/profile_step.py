@@ -42,7 +42,8 @@ def _time_compiled(
         print(f"{name}: {batch * steps / (time.perf_counter() - start):.1f} img/s")
 
 
-def main() -> None:
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line (``argv``, default ``sys.argv[1:]``), checked."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", help="registered model name")
     parser.add_argument("--width", type=float, default=0.125)
@@ -58,9 +59,14 @@ def main() -> None:
         action="store_true",
         help="instead of profiling, time eager against torch.compile (compile time included separately)",
     )
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     if args.model not in ltpa.list_models():
         parser.error(f"unknown model {args.model}; `ltpa models` lists them")
+    return args
+
+
+def main() -> None:
+    args = parse_args()
     torch.manual_seed(0)
     model = ltpa.create_model(args.model, width=args.width, drop_scale=args.drop_scale).train()
     if args.previous:
