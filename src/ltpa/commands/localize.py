@@ -33,8 +33,8 @@ def add_localize_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     group.add_argument(
         "--gradcam",
         action=argparse.BooleanOptionalAction,
-        default=False,
-        help="also score Grad-CAM of each model (default: no)",
+        default=True,
+        help="also score Grad-CAM of each model, the baseline segment and visualize show too (default: yes)",
     )
     add_map_args(group)
     add_run_args(parser, "localize", batch_size=128)

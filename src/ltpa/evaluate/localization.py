@@ -119,7 +119,7 @@ class LocalizeConfig(EvalSettings):
     """
 
     size: int | None = None
-    gradcam: bool = False
+    gradcam: bool = True
     gradcam_backend: str = "auto"
     gaussian_sigma: float = 0.25
     batch_size: int = 128
