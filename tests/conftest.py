@@ -185,3 +185,15 @@ def fake_image_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
             suffix = ".png" if i % 2 else ".jpg"
             _write_image(root / name / f"{name}_{i}{suffix}", image.round().astype(np.uint8))
     return root
+
+
+def cache_hub_repo(folder: Path, cache: Path, repo: str) -> None:
+    """Lays out ``folder``'s files as the Hugging Face cache holds a download of ``repo`` (``org/name``)."""
+    org, name = repo.split("/")
+    root = cache / f"models--{org}--{name}"
+    snapshot = root / "snapshots" / ("1" * 40)
+    snapshot.mkdir(parents=True)
+    (root / "refs").mkdir()
+    (root / "refs" / "main").write_text("1" * 40)
+    for file in folder.iterdir():
+        (snapshot / file.name).write_bytes(file.read_bytes())

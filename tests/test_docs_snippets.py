@@ -25,7 +25,7 @@ from typing import Any
 
 import pytest
 import torch
-from conftest import tiny_train_config
+from conftest import cache_hub_repo, tiny_train_config
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DOC_FILES = sorted(
@@ -131,17 +131,6 @@ def _first_line(block: Block) -> str:
     return next(line.strip() for line in block.text.splitlines() if line.strip())
 
 
-def _cache_hub_repo(folder: Path, cache: Path, org: str, name: str) -> None:
-    """Lays out ``folder``'s files as the Hugging Face cache holds a download of ``org/name``."""
-    root = cache / f"models--{org}--{name}"
-    snapshot = root / "snapshots" / ("1" * 40)
-    snapshot.mkdir(parents=True)
-    (root / "refs").mkdir()
-    (root / "refs" / "main").write_text("1" * 40)
-    for file in folder.iterdir():
-        (snapshot / file.name).write_bytes(file.read_bytes())
-
-
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A scratch folder holding what the README's snippets name: ``runs/att2`` (a 1-epoch ``ltpa train`` run
@@ -165,7 +154,7 @@ def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
         ltpa.create_model("vgg_att2_concat_pc", num_classes=10).save_pretrained(root / "weights" / "att2")
         hub = root / "hub-upload"
         ltpa.create_model("vgg_att2_concat_pc", num_classes=10).save_pretrained(hub)
-        _cache_hub_repo(hub, root / "hf-cache", *HUB_ID)
+        cache_hub_repo(hub, root / "hf-cache", "/".join(HUB_ID))
     finally:
         torch.set_num_threads(threads)
     return root

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import cache_hub_repo
 
 import ltpa
 from ltpa.errors import LTPAError
@@ -115,24 +116,12 @@ def test_family_model_round_trip_keeps_backbone_pretrained_meaning(tmp_path):
         ltpa.create_model("timm/test_resnet_att2_pc", pretrained=str(tmp_path / "missing.pth"))
 
 
-def _cache_repo(folder: Path, cache: Path, repo: str) -> None:
-    """Lays out ``folder``'s files as the Hugging Face cache holds a download of ``repo``."""
-    org, name = repo.split("/")
-    root = cache / f"models--{org}--{name}"
-    snapshot = root / "snapshots" / ("1" * 40)
-    snapshot.mkdir(parents=True)
-    (root / "refs").mkdir()
-    (root / "refs" / "main").write_text("1" * 40)
-    for file in folder.iterdir():
-        (snapshot / file.name).write_bytes(file.read_bytes())
-
-
 def test_hf_hub_ids_load_from_the_cache_offline(tmp_path):
     import huggingface_hub.constants
 
     model = _model("vgg_att1_concat_dp")
     model.save_pretrained(tmp_path / "w", license="cc-by-4.0")
-    _cache_repo(tmp_path / "w", Path(huggingface_hub.constants.HF_HUB_CACHE), "someone/ltpa-att1")
+    cache_hub_repo(tmp_path / "w", Path(huggingface_hub.constants.HF_HUB_CACHE), "someone/ltpa-att1")
     loaded = ltpa.create_model("vgg_att1_concat_dp", pretrained="hf-hub:someone/ltpa-att1")
     _same(loaded, model)
     assert loaded.pretrained_cfg["hf_hub_id"] == "someone/ltpa-att1"
